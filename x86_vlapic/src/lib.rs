@@ -1,0 +1,3 @@
+#![cfg_attr(not(test), no_std)]
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
