@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask`: build, run and test driver for the axhv workspace.
+//!
+//! Run `cargo xtask help` for the commands.
+
+mod prereq;
+mod qemu;
+mod tasks;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build                 build hv-app (x86_64-unknown-none ELF) and the host tools
+  run [options]         boot hv-app in QEMU (AMD SVM under TCG) and stream its console
+      --guest NAME      guest to run (none exist yet: they arrive with issue #3)
+      --smp N           number of CPUs (default 1)
+      --mem SIZE        machine memory, e.g. 512M (default 512M)
+      --timeout SECS    stop QEMU after this many seconds (default 60)
+  test                  run every check: fmt, clippy, host tests of each crate,
+                        bare-metal builds, config checks, packaging, QEMU boot
+      --quick           skip the slow parts (packaging, QEMU boot)
+  prereq                check the prerequisites (installs missing Debian packages
+                        when run as root on Debian/Ubuntu, else prints the command)
+  help                  this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match cmd.as_str() {
+        "build" => tasks::build(rest),
+        "run" => tasks::run(rest),
+        "test" => tasks::test(rest),
+        "prereq" => prereq::check(&prereq::ALL_PACKAGES).map(|_| 0),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

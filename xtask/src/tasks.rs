@@ -1,0 +1,380 @@
+//! The xtask commands.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::prereq;
+use crate::qemu::{self, QemuConfig};
+
+/// Library crates: each is published alone and must test alone.
+const LIB_CRATES: [&str; 7] = [
+    "axaddrspace",
+    "axvcpu",
+    "axdevice",
+    "x86_vcpu",
+    "x86_vlapic",
+    "axvmconfig",
+    "axvm",
+];
+
+/// Crates checked with `cargo package`.
+const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"];
+
+/// Guests `run --guest` knows. Empty until the test guests land (issue #3).
+const KNOWN_GUESTS: [&str; 0] = [];
+
+const BARE_TARGET: &str = "x86_64-unknown-none";
+
+/// The workspace root (the parent of this crate's directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, failing with its description if it does not succeed.
+fn step(what: &str, mut cmd: Command) -> Result<(), String> {
+    println!("\n==> {what}");
+    let t = Instant::now();
+    let st = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if !st.success() {
+        return Err(format!("{what}: failed ({st})"));
+    }
+    println!("    ok ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The path of the hv-app ELF built by [`build_hv_app`].
+pub fn hv_app_elf() -> PathBuf {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    target_dir.join(BARE_TARGET).join("release").join("hv-app")
+}
+
+/// Builds the hypervisor ELF and checks it is a multiboot kernel.
+pub fn build_hv_app() -> Result<PathBuf, String> {
+    let mut c = cargo();
+    c.args(["build", "-p", "hv-app", "--release", "--target", BARE_TARGET]);
+    step("build hv-app (x86_64-unknown-none, release)", c)?;
+    let elf = hv_app_elf();
+    check_multiboot_elf(&elf)?;
+    Ok(elf)
+}
+
+/// Checks `path` is an x86_64 ELF64 with a valid multiboot v1 header in its
+/// first 8 KiB that carries the address fields (QEMU needs them for ELF64).
+pub fn check_multiboot_elf(path: &Path) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[18] != 0x3e {
+        return Err(format!("{}: not an x86_64 ELF64 file", path.display()));
+    }
+    let scan = &data[..data.len().min(8192)];
+    for off in (0..scan.len().saturating_sub(12)).step_by(4) {
+        let word = |i: usize| u32::from_le_bytes(scan[off + i..off + i + 4].try_into().unwrap());
+        if word(0) == 0x1BAD_B002 {
+            let (flags, sum) = (word(4), word(8));
+            if word(0).wrapping_add(flags).wrapping_add(sum) != 0 {
+                return Err(format!(
+                    "{}: multiboot header at {off:#x} has a bad checksum",
+                    path.display()
+                ));
+            }
+            if flags & (1 << 16) == 0 {
+                return Err(format!(
+                    "{}: multiboot header lacks the address fields (flag bit 16)",
+                    path.display()
+                ));
+            }
+            println!("    {}: ELF64 with multiboot header at {off:#x}", path.display());
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{}: no multiboot v1 header in the first 8 KiB",
+        path.display()
+    ))
+}
+
+/// `cargo xtask build`.
+pub fn build(args: &[String]) -> Result<u8, String> {
+    if let Some(a) = args.first() {
+        return Err(format!("build takes no arguments (got `{a}`)"));
+    }
+    build_hv_app()?;
+    let mut c = cargo();
+    c.args(["build", "-p", "axvmconfig", "--release"]);
+    step("build the axvmconfig tool", c)?;
+    Ok(0)
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Debug)]
+struct RunOpts {
+    guest: Option<String>,
+    qemu: QemuConfig,
+}
+
+fn parse_run(args: &[String]) -> Result<RunOpts, String> {
+    let mut o = RunOpts {
+        guest: None,
+        qemu: QemuConfig {
+            smp: 1,
+            mem: "512M".into(),
+            timeout: Duration::from_secs(60),
+            stream: true,
+        },
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("option {name} needs a value"))
+        };
+        match a.as_str() {
+            "--guest" => o.guest = Some(val("--guest")?),
+            "--smp" => {
+                let v = val("--smp")?;
+                o.qemu.smp = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("--smp: `{v}` is not a CPU count from 1 to 64"))?;
+            }
+            "--mem" => {
+                let v = val("--mem")?;
+                let ok = v.len() > 1
+                    && v[..v.len() - 1].chars().all(|c| c.is_ascii_digit())
+                    && matches!(v.chars().last(), Some('M' | 'G'));
+                if !ok {
+                    return Err(format!("--mem: `{v}` is not a size like 512M or 2G"));
+                }
+                o.qemu.mem = v;
+            }
+            "--timeout" => {
+                let v = val("--timeout")?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout: `{v}` is not a number of seconds"))?;
+                o.qemu.timeout = Duration::from_secs(secs);
+            }
+            other => return Err(format!("run: unknown option `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+/// `cargo xtask run`.
+pub fn run(args: &[String]) -> Result<u8, String> {
+    let opts = parse_run(args)?;
+    if let Some(g) = &opts.guest {
+        if !KNOWN_GUESTS.contains(&g.as_str()) {
+            return Err(format!(
+                "unknown guest `{g}`; known guests: {}",
+                if KNOWN_GUESTS.is_empty() {
+                    "none yet (the test guests arrive with issue #3; `cargo xtask run` \
+                     without --guest boots the hypervisor alone)"
+                        .to_string()
+                } else {
+                    KNOWN_GUESTS.join(", ")
+                }
+            ));
+        }
+    }
+    prereq::check(&[prereq::QEMU])?;
+    let elf = build_hv_app()?;
+    let qargs = qemu::type1_args(&elf, &opts.qemu);
+    println!("==> qemu-system-x86_64 {}", qargs.join(" "));
+    let out = qemu::run(&qargs, &opts.qemu)?;
+    if out.timed_out {
+        return Err(format!(
+            "QEMU did not end within {}s (stopped)",
+            opts.qemu.timeout.as_secs()
+        ));
+    }
+    match out.debug_exit_value() {
+        Some(v) => {
+            println!("==> hypervisor exited with status {v}");
+            Ok(u8::try_from(v).unwrap_or(255))
+        }
+        None => Err(format!(
+            "QEMU ended without the hypervisor's exit port write (status {:?})",
+            out.status
+        )),
+    }
+}
+
+/// `cargo xtask test`.
+pub fn test(args: &[String]) -> Result<u8, String> {
+    let mut quick = false;
+    for a in args {
+        match a.as_str() {
+            "--quick" => quick = true,
+            other => return Err(format!("test: unknown option `{other}`")),
+        }
+    }
+    let t0 = Instant::now();
+
+    let mut c = cargo();
+    c.args(["fmt", "--all", "--", "--check"]);
+    step("cargo fmt --check", c)?;
+
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    step("cargo clippy --workspace --all-targets (warnings are errors)", c)?;
+
+    let mut c = cargo();
+    c.args(["test", "--workspace"]);
+    step("host tests of the whole workspace", c)?;
+
+    for krate in LIB_CRATES {
+        let mut c = cargo();
+        c.current_dir(root().join(krate)).arg("test");
+        step(&format!("`cargo test` inside {krate}/ on its own"), c)?;
+    }
+
+    for krate in LIB_CRATES {
+        let mut c = cargo();
+        c.args(["build", "-p", krate, "--target", BARE_TARGET]);
+        if krate == "axvmconfig" {
+            c.arg("--no-default-features");
+        }
+        step(&format!("{krate} builds for {BARE_TARGET} (no_std)"), c)?;
+    }
+
+    let mut c = cargo();
+    c.args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    step("cargo doc (warnings are errors)", c)?;
+
+    let elf = build_hv_app()?;
+
+    check_configs()?;
+
+    if !quick {
+        let mut c = cargo();
+        c.args(["package", "--no-verify", "--allow-dirty"]);
+        for p in PUBLISHED {
+            c.args(["-p", p]);
+        }
+        step(&format!("cargo package {}", PUBLISHED.join(", ")), c)?;
+
+        boot_smoke(&elf)?;
+    }
+
+    println!(
+        "\nall checks passed in {:.0}s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `axvmconfig check` accepts every shipped config and rejects the bad ones
+/// with a message naming the field.
+fn check_configs() -> Result<(), String> {
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(root().join("configs"))
+        .map_err(|e| format!("configs/: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    configs.sort();
+    if configs.is_empty() {
+        return Err("configs/ holds no *.toml file".into());
+    }
+    let mut c = cargo();
+    c.args(["run", "--quiet", "-p", "axvmconfig", "--", "check"])
+        .args(&configs);
+    step("axvmconfig check configs/*.toml", c)?;
+
+    let bad = root().join("axvmconfig/tests/data/bad-zero-vcpus.toml");
+    println!("\n==> axvmconfig check rejects {}", bad.display());
+    let out = cargo()
+        .args(["run", "--quiet", "-p", "axvmconfig", "--", "check"])
+        .arg(&bad)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !text.contains("vcpus.count") {
+        return Err(format!(
+            "axvmconfig check should reject {} naming `vcpus.count`; it printed:\n{text}",
+            bad.display()
+        ));
+    }
+    println!("    ok: {}", text.trim());
+    Ok(())
+}
+
+/// Boots hv-app alone in QEMU/TCG with SVM and checks its console.
+fn boot_smoke(elf: &Path) -> Result<(), String> {
+    prereq::check(&[prereq::QEMU])?;
+    println!("\n==> boot hv-app in QEMU (TCG, EPYC+svm+npt)");
+    let cfg = QemuConfig {
+        smp: 1,
+        mem: "256M".into(),
+        timeout: Duration::from_secs(60),
+        stream: false,
+    };
+    let out = qemu::run(&qemu::type1_args(elf, &cfg), &cfg)?;
+    out.expect_in_order(&["axhv hv-app", "powering off"])?;
+    match out.debug_exit_value() {
+        Some(0) => {
+            println!("    ok: banner printed, exit status 0");
+            Ok(())
+        }
+        v => Err(format!(
+            "hv-app should exit with status 0 through port 0xf4, got {v:?} (QEMU status {:?})",
+            out.status
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn run_options() {
+        let o = parse_run(&s(&["--smp", "2", "--mem", "1G"])).unwrap();
+        assert_eq!(o.qemu.smp, 2);
+        assert_eq!(o.qemu.mem, "1G");
+        assert!(parse_run(&s(&["--smp", "0"])).unwrap_err().contains("--smp"));
+        assert!(parse_run(&s(&["--mem", "lots"])).unwrap_err().contains("--mem"));
+        assert!(parse_run(&s(&["--smp"])).unwrap_err().contains("needs a value"));
+        assert!(parse_run(&s(&["--bogus"])).unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn unknown_guest_is_named() {
+        let e = run(&s(&["--guest", "nosuch"])).unwrap_err();
+        assert!(e.contains("unknown guest `nosuch`"), "{e}");
+    }
+
+    #[test]
+    fn multiboot_check_rejects_non_elf() {
+        let p = std::env::temp_dir().join("xtask-not-elf");
+        std::fs::write(&p, b"hello").unwrap();
+        assert!(check_multiboot_elf(&p).unwrap_err().contains("not an x86_64 ELF64"));
+    }
+}
