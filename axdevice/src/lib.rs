@@ -1,3 +1,28 @@
 #![cfg_attr(not(test), no_std)]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+
+extern crate alloc;
+
+mod console;
+mod device;
+mod error;
+mod power;
+mod set;
+mod uart;
+
+#[cfg(test)]
+mod tests;
+
+pub use console::{NullBackend, RingBuffer, UartBackend};
+pub use device::{
+    BaseDevice, IrqSink, MmioDevice, MmioRange, MsrDevice, MsrRange, PortDevice, PortRange,
+    VCpuDevice, VCpuId,
+};
+pub use error::{DeviceKind, Error, Result, Span};
+pub use power::{DebugExit, PowerOff};
+pub use set::{DeviceSet, VCpuDeviceSet};
+pub use uart::{
+    COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, COM3_BASE, COM4_BASE, DEFAULT_RX_CAPACITY,
+    UART_PORTS, Uart16550,
+};
