@@ -1,3 +1,83 @@
 //! Host-testable logic of the hv-app hypervisor binary.
 #![cfg_attr(not(test), no_std)]
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+
+pub mod logfmt;
+pub mod multiboot;
+pub mod port;
+pub mod uart16550;
+
+/// Errors of the hv-app logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The loader's EAX is not the Multiboot v1 loader magic `0x2BADB002`.
+    #[error("bad multiboot loader magic {0:#x} (expected 0x2badb002)")]
+    BadMagic(u32),
+    /// A physical range the boot information points to cannot be read.
+    #[error("physical range {addr:#x} (+{len:#x} bytes) is not readable")]
+    OutOfBounds {
+        /// First address of the range.
+        addr: u64,
+        /// Length of the range in bytes.
+        len: u64,
+    },
+    /// A memory map entry is smaller than 20 bytes or runs past the map.
+    #[error("bad multiboot memory map entry at {addr:#x} (size field {size})")]
+    BadMemoryMapEntry {
+        /// Physical address of the entry's `size` field.
+        addr: u64,
+        /// Its `size` field.
+        size: u32,
+    },
+    /// A memory map entry's `base + length` overflows 64 bits.
+    #[error("memory region {base:#x} + {length:#x} overflows 64 bits")]
+    RegionOverflow {
+        /// Base address of the entry.
+        base: u64,
+        /// Length of the entry.
+        length: u64,
+    },
+    /// The memory map is longer than [`multiboot::MAX_MMAP_LENGTH`].
+    #[error("multiboot memory map of {0} bytes is too long")]
+    MemoryMapTooLong(u32),
+    /// More modules than [`multiboot::MAX_MODULES`].
+    #[error("{0} multiboot modules are too many")]
+    TooManyModules(u32),
+    /// A module ends before it starts.
+    #[error("multiboot module {index} ends ({end:#x}) before it starts ({start:#x})")]
+    BadModule {
+        /// Index of the module.
+        index: u32,
+        /// Its `mod_start`.
+        start: u32,
+        /// Its `mod_end`.
+        end: u32,
+    },
+    /// No NUL within the buffer given for a string.
+    #[error("string at {addr:#x} is longer than {max} bytes")]
+    StringTooLong {
+        /// Physical address of the string.
+        addr: u64,
+        /// Buffer length, the most bytes accepted including the NUL.
+        max: usize,
+    },
+    /// A string is not UTF-8.
+    #[error("string at {addr:#x} is not UTF-8")]
+    InvalidUtf8 {
+        /// Physical address of the string.
+        addr: u64,
+    },
+    /// No valid Multiboot header in the first 8 KiB of an image.
+    #[error("no multiboot header in the first 8 KiB")]
+    HeaderNotFound,
+    /// A Multiboot header's address fields are inconsistent.
+    #[error("bad multiboot header: {0}")]
+    BadHeader(&'static str),
+    /// A UART baud rate that no 16-bit divisor of 115200 gives exactly.
+    #[error("baud rate {0} is not 115200 divided by an integer in 1..=65535")]
+    InvalidBaudRate(u32),
+}
+
+/// Result type of the hv-app logic.
+pub type Result<T = ()> = core::result::Result<T, Error>;
