@@ -3,8 +3,15 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod cmdline;
+pub mod descriptor;
+pub mod exception;
+pub mod frame;
+pub mod heap;
 pub mod logfmt;
+pub mod memory;
 pub mod multiboot;
+pub mod percpu;
 pub mod port;
 pub mod uart16550;
 
@@ -77,6 +84,73 @@ pub enum Error {
     /// A UART baud rate that no 16-bit divisor of 115200 gives exactly.
     #[error("baud rate {0} is not 115200 divided by an integer in 1..=65535")]
     InvalidBaudRate(u32),
+    /// A descriptor or gate argument out of range (IST index, DPL, size).
+    #[error("invalid descriptor: {0}")]
+    InvalidGate(&'static str),
+    /// A physical range whose end is before its start (or overflows).
+    #[error("bad physical range [{start:#x}, {end:#x})")]
+    BadRange {
+        /// First address.
+        start: u64,
+        /// End address.
+        end: u64,
+    },
+    /// An alignment that is not a power of two.
+    #[error("alignment {0:#x} is not a power of two")]
+    BadAlignment(u64),
+    /// A fixed-capacity range set is full.
+    #[error("more than {capacity} physical ranges")]
+    TooManyRanges {
+        /// The set's capacity.
+        capacity: usize,
+    },
+    /// No free memory of the requested size.
+    #[error("out of memory for {bytes:#x} bytes")]
+    OutOfMemory {
+        /// Bytes requested.
+        bytes: u64,
+    },
+    /// The frame allocator's bitmap is shorter than its span needs.
+    #[error("frame bitmap of {given} words is too small ({needed} needed)")]
+    BitmapTooSmall {
+        /// Words needed.
+        needed: usize,
+        /// Words given.
+        given: usize,
+    },
+    /// A frame address that is not 4 KiB aligned.
+    #[error("frame address {0:#x} is not 4 KiB aligned")]
+    MisalignedFrame(u64),
+    /// Frames to free that are not within one usable range.
+    #[error("{count} frames at {addr:#x} are not managed by the frame allocator")]
+    FrameOutOfRange {
+        /// First address.
+        addr: u64,
+        /// Number of frames.
+        count: usize,
+    },
+    /// A frame to free is free already (a double free).
+    #[error("frame {0:#x} is not allocated")]
+    FrameNotAllocated(u64),
+    /// [`heap::Heap::init`] called twice.
+    #[error("the heap is initialized already")]
+    HeapAlreadyInitialized,
+    /// A heap region too small for one block.
+    #[error("a heap region of {size} bytes holds no block")]
+    HeapTooSmall {
+        /// The region's size.
+        size: usize,
+    },
+    /// A heap free of a block that is not allocated (outside the heap,
+    /// misaligned, or free already).
+    #[error("bad heap free at {addr:#x}")]
+    BadFree {
+        /// The block's address.
+        addr: usize,
+    },
+    /// `crash=` names no [`cmdline::CrashTest`].
+    #[error("unknown crash= test (expected de, bp, ud, gp, pf or df)")]
+    UnknownCrashTest,
 }
 
 /// Result type of the hv-app logic.

@@ -7,21 +7,37 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod cpu;
+#[cfg(target_os = "none")]
+mod cpu_local;
+#[cfg(target_os = "none")]
+mod crash;
+#[cfg(target_os = "none")]
 mod entry;
+#[cfg(target_os = "none")]
+mod gdt;
+#[cfg(target_os = "none")]
+mod mem;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
 mod phys;
 #[cfg(target_os = "none")]
 mod pio;
+#[cfg(target_os = "none")]
+mod trap;
 
 /// The common main of every boot entry: `magic` and `info_addr` are the
 /// Multiboot loader's EAX and EBX.
 #[cfg(target_os = "none")]
 fn hv_main(magic: u32, info_addr: u32) -> ! {
+    use hv_app::cmdline::CrashTest;
     use hv_app::multiboot::BootInfo;
     use hv_app::port::ExitCode;
 
@@ -30,28 +46,163 @@ fn hv_main(magic: u32, info_addr: u32) -> ! {
     println!();
     println!("axhv hv-app {} (multiboot)", env!("CARGO_PKG_VERSION"));
 
+    // From here on an exception prints a report instead of resetting.
+    gdt::init_bsp();
+    trap::init();
+    log::debug!("GDT with TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
+
     let mem = phys::IdentityMapped;
-    let result = BootInfo::parse(&mem, magic, u64::from(info_addr))
-        .and_then(|boot| report_boot_info(&boot, &mem));
-    if let Err(e) = result {
-        log::error!("multiboot information at {info_addr:#x} is unusable: {e}");
+    let mut cmdline_buf = [0u8; 512];
+    let boot = BootInfo::parse(&mem, magic, u64::from(info_addr));
+    let result = boot.and_then(|b| Ok((b, report_boot_info(&b, &mem, &mut cmdline_buf)?)));
+    let (boot, cmdline) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            log::error!("multiboot information at {info_addr:#x} is unusable: {e}");
+            pio::power_off(ExitCode::Failure);
+        }
+    };
+
+    match mem::init(&boot, &mem) {
+        Ok(setup) => {
+            let (free, total) = mem::frame_counts();
+            log::info!(
+                "frames: {} MiB free of {} MiB usable, {} range(s), bitmap {} KiB at {:#x}",
+                free >> 8,
+                total >> 8,
+                setup.ranges,
+                setup.bitmap.len() >> 10,
+                setup.bitmap.start
+            );
+            log::info!(
+                "heap: {} MiB at [{:#x}, {:#x})",
+                setup.heap.len() >> 20,
+                setup.heap.start,
+                setup.heap.end
+            );
+        }
+        Err(e) => {
+            log::error!("memory setup failed: {e}");
+            pio::power_off(ExitCode::Failure);
+        }
+    }
+
+    let per_cpu = cpu_local::init_bsp();
+    match cpu_local::current() {
+        Some(p) if core::ptr::eq(p, per_cpu) && p.cpu_id == 0 => log::info!(
+            "per-CPU data: CPU {} (APIC ID {}, BSP) at {:#x} via GS base",
+            p.cpu_id,
+            p.apic_id,
+            p.self_addr
+        ),
+        _ => {
+            log::error!("per-CPU data: GS base does not lead back to the BSP's data");
+            pio::power_off(ExitCode::Failure);
+        }
+    }
+
+    if let Err(e) = self_check() {
+        log::error!("memory self-check failed: {e}");
         pio::power_off(ExitCode::Failure);
+    }
+
+    match CrashTest::from_cmdline(cmdline.unwrap_or("")) {
+        Ok(Some(kind)) => crash::trigger(kind),
+        Ok(None) => {}
+        Err(e) => log::warn!("ignoring the crash= switch: {e}"),
     }
 
     log::info!("axhv: no VMs configured yet (issue #3), powering off");
     pio::power_off(ExitCode::Success)
 }
 
-/// Applies `log=` from the command line and logs what the loader passed.
+/// Allocates and frees frames (single, the SVM IOPM and MSRPM sizes, a
+/// 2 MiB aligned run) and heap objects, and checks that the counters come
+/// back and the memory is usable.
 #[cfg(target_os = "none")]
-fn report_boot_info(
+fn self_check() -> Result<(), &'static str> {
+    use alloc::boxed::Box;
+    use alloc::vec::Vec;
+    use hv_app::memory::FRAME_SIZE;
+
+    let (free_before, _) = mem::frame_counts();
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for (count, align) in [(1, 1), (3, 1), (2, 1), (512, 512)] {
+        let addr = mem::alloc_frames(count, align).ok_or("frame allocation failed")?;
+        if addr % (align as u64 * FRAME_SIZE) != 0 {
+            return Err("misaligned frame run");
+        }
+        if runs
+            .iter()
+            .any(|&(a, c)| addr < a + c as u64 * FRAME_SIZE && a < addr + count as u64 * FRAME_SIZE)
+        {
+            return Err("overlapping frame runs");
+        }
+        let bytes = count * FRAME_SIZE as usize;
+        // SAFETY: freshly allocated, identity-mapped frames that nothing
+        // else uses.
+        let run = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, bytes) };
+        run.fill(0xa5);
+        if run[0] != 0xa5 || run[bytes - 1] != 0xa5 {
+            return Err("frame memory does not hold a pattern");
+        }
+        runs.push((addr, count));
+    }
+    for &(addr, count) in &runs {
+        log::debug!("self-check: {count} frames at {addr:#x}");
+    }
+    let (free_during, _) = mem::frame_counts();
+    for (addr, count) in runs.drain(..) {
+        mem::dealloc_frames(addr, count).map_err(|_| "frame free failed")?;
+    }
+    let (free_after, _) = mem::frame_counts();
+    if free_during != free_before - 518 || free_after != free_before {
+        return Err("frame counters do not add up");
+    }
+    if mem::dealloc_frames(mem::alloc_frames(1, 1).ok_or("no frame")?, 1).is_err() {
+        return Err("single frame round trip failed");
+    }
+    drop(runs);
+
+    let used_before = mem::heap_stats().used;
+    {
+        let v: Vec<u64> = (0..10_000).collect();
+        if v.iter().sum::<u64>() != 49_995_000 {
+            return Err("Vec contents are wrong");
+        }
+        let big = Box::new([7u8; 64 * 1024]);
+        let text = alloc::format!(
+            "{} {}",
+            v.len(),
+            big.iter().map(|&b| u64::from(b)).sum::<u64>()
+        );
+        if text != "10000 458752" {
+            return Err("formatted String is wrong");
+        }
+    }
+    if mem::heap_stats().used != used_before {
+        return Err("heap usage did not come back");
+    }
+    log::info!(
+        "self-check passed: frames and heap allocate, free and reuse ({} heap bytes in use)",
+        used_before
+    );
+    Ok(())
+}
+
+/// Applies `log=` from the command line, logs what the loader passed and
+/// returns the command line (copied into `cmdline_buf`).
+#[cfg(target_os = "none")]
+fn report_boot_info<'b>(
     boot: &hv_app::multiboot::BootInfo,
     mem: &phys::IdentityMapped,
-) -> hv_app::Result {
+    cmdline_buf: &'b mut [u8],
+) -> hv_app::Result<Option<&'b str>> {
     use hv_app::multiboot::{read_c_str, summarize};
 
     let mut buf = [0u8; 512];
-    if let Some(cmdline) = boot.cmdline(mem, &mut buf)? {
+    let cmdline = boot.cmdline(mem, cmdline_buf)?;
+    if let Some(cmdline) = cmdline {
         if let Some(level) = hv_app::logfmt::level_from_cmdline(cmdline) {
             log::set_max_level(level);
         }
@@ -105,7 +256,7 @@ fn report_boot_info(
         count += 1;
     }
     log::info!("{count} boot modules");
-    Ok(())
+    Ok(cmdline)
 }
 
 #[cfg(not(target_os = "none"))]

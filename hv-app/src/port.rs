@@ -42,6 +42,9 @@ pub enum ExitCode {
     /// The CPU lacks long mode (QEMU status 7). Written by the assembly
     /// entry, listed here for the record.
     NoLongMode = 3,
+    /// A CPU exception reached hv-app's handler, which printed its report
+    /// (QEMU status 9).
+    Exception = 4,
 }
 
 impl ExitCode {
@@ -139,6 +142,7 @@ mod tests {
         assert_eq!(ExitCode::Failure.qemu_status(), 3);
         assert_eq!(ExitCode::BadBootMagic.qemu_status(), 5);
         assert_eq!(ExitCode::NoLongMode.qemu_status(), 7);
+        assert_eq!(ExitCode::Exception.qemu_status(), 9);
     }
 
     #[test]
