@@ -1,3 +1,31 @@
 #![cfg_attr(not(test), no_std)]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod cpuid;
+pub mod decode;
+mod dispatch;
+mod error;
+pub mod hal;
+pub mod msr;
+pub mod regs;
+pub mod state;
+pub mod svm;
+pub mod vcpu;
+pub mod vendor;
+pub mod vmx;
+
+pub use cpuid::CpuidPolicy;
+pub use dispatch::{X86PerCpu, X86Vcpu};
+pub use error::{Error, Result};
+pub use hal::{Hal, PhysFrames};
+pub use regs::GeneralRegisters;
+pub use state::GuestState;
+pub use svm::{SvmPerCpu, SvmVcpu};
+pub use vcpu::{
+    BootProtocol, GuestCodeLocation, X86VcpuCreateConfig, X86VcpuExt, X86VcpuSetupConfig,
+};
+pub use vendor::{CpuVendor, HwVirtInfo, VirtKind, detect};
+pub use vmx::{VmxPerCpu, VmxVcpu};

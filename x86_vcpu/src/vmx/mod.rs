@@ -1,0 +1,28 @@
+//! Intel VMX: VMCS fields and access, capability-driven controls, exit
+//! decoding, bitmaps, EPTP, event injection, and the [`VmxVcpu`] backend.
+
+pub mod bitmap;
+pub mod controls;
+pub mod ept;
+pub mod event;
+pub mod exit;
+#[cfg(target_os = "none")]
+mod hw;
+mod percpu;
+pub mod setup;
+mod vcpu;
+pub mod vmcs;
+pub mod vmx_ops;
+
+pub use bitmap::{MsrAccessKind, VmxIoBitmap, VmxMsrBitmap};
+pub use controls::{VmxBasic, VmxCaps, adjust_controls};
+pub use ept::eptp;
+pub use event::{InterruptionInfo, InterruptionType};
+pub use exit::{ExitReasonField, VmInstructionError, VmxExitReason, instruction_error_message};
+pub use percpu::VmxPerCpu;
+pub use setup::{
+    HostState, VmxControlsConfig, write_controls, write_guest_state, write_host_state,
+};
+pub use vcpu::VmxVcpu;
+pub use vmcs::{FakeVmcs, VmcsAccess, VmcsField};
+pub use vmx_ops::{FakeVmxCpu, VmxCpuOps};

@@ -1,0 +1,437 @@
+use super::*;
+use crate::hal::test_hal::TestHal;
+use crate::vcpu::BootProtocol;
+use crate::vendor::tests::vendor_leaf;
+use crate::vendor::{CpuidResult, FakeCpuid};
+use crate::vmx::controls::tests::skylake_msrs;
+use crate::vmx::vmcs::FakeVmcs;
+use axaddrspace::{AccessWidth, MappingFlags};
+
+type Vcpu = VmxVcpu<TestHal>;
+
+fn caps() -> VmxCaps {
+    VmxCaps::read(&skylake_msrs())
+}
+
+fn intel_cpuid() -> FakeCpuid {
+    FakeCpuid::new()
+        .with(0, 0, vendor_leaf(0x16, b"GenuineIntel"))
+        .with(
+            1,
+            0,
+            CpuidResult::new(0x50654, 0x0010_0800, 0x7ffe_fbff, 0xbfeb_fbff),
+        )
+        .with(0xd, 0, CpuidResult::new(0x2e7, 0xa88, 0xa88, 0))
+}
+
+fn setup(boot: BootProtocol, entry: usize) -> (Vcpu, FakeVmcs) {
+    let mut v = Vcpu::with_caps(0, X86VcpuCreateConfig::new(0, 1), caps()).unwrap();
+    v.set_entry(GuestPhysAddr::from(entry)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    let mut vmcs = FakeVmcs::new();
+    v.setup_with(&mut vmcs, &X86VcpuSetupConfig { boot })
+        .unwrap();
+    (v, vmcs)
+}
+
+fn multiboot() -> (Vcpu, FakeVmcs) {
+    setup(BootProtocol::Multiboot { info_paddr: 0x9500 }, 0x10_0000)
+}
+
+fn long_mode() -> (Vcpu, FakeVmcs) {
+    setup(
+        BootProtocol::LongMode {
+            cr3: 0x1000,
+            rsi: 0x7000,
+        },
+        0x20_0000,
+    )
+}
+
+fn exit(
+    v: &mut Vcpu,
+    vmcs: &mut FakeVmcs,
+    reason: u32,
+    qual: u64,
+    len: u64,
+) -> Result<AxVCpuExitReason> {
+    vmcs.set_exit_info(F::VM_EXIT_REASON, reason.into());
+    vmcs.set_exit_info(F::EXIT_QUALIFICATION, qual);
+    vmcs.set_exit_info(F::VMEXIT_INSTRUCTION_LEN, len);
+    vmcs.set_exit_info(F::IDT_VECTORING_INFO, 0);
+    v.handle_exit(vmcs, &intel_cpuid())
+}
+
+fn rip(vmcs: &FakeVmcs) -> u64 {
+    vmcs.get(F::GUEST_RIP).unwrap()
+}
+
+#[test]
+fn setup_writes_the_vmcs() {
+    let (v, vmcs) = multiboot();
+    // VMCS region starts with the revision identifier (4).
+    assert_eq!(&v.vmcs.as_ref()[..4], &[4, 0, 0, 0]);
+    let (a, b) = v.io_bitmap.storage();
+    assert_eq!(vmcs.get(F::IO_BITMAP_A), Some(a.paddr().as_usize() as u64));
+    assert_eq!(vmcs.get(F::IO_BITMAP_B), Some(b.paddr().as_usize() as u64));
+    assert_eq!(vmcs.get(F::EPT_POINTER), Some(0x40_001e));
+    assert_eq!(vmcs.get(F::VPID), Some(1));
+    assert_eq!(vmcs.get(F::GUEST_RIP), Some(0x10_0000));
+    assert_eq!(vmcs.get(F::GUEST_CR0), Some(0x31));
+    assert_eq!(v.gpr(0), 0x2bad_b002);
+    assert_eq!(v.gpr(3), 0x9500);
+    // Every port and the EFER MSR exit; FS base passes through.
+    assert!(v.io_bitmap.is_intercepted(0x3f8));
+    assert!(v.io_bitmap.is_intercepted(0xcfc));
+    assert!(
+        v.msr_bitmap
+            .is_intercepted(msr::IA32_EFER, MsrAccessKind::Write)
+    );
+    assert!(
+        !v.msr_bitmap
+            .is_intercepted(msr::IA32_FS_BASE, MsrAccessKind::Write)
+    );
+    assert!(
+        !v.msr_bitmap
+            .is_intercepted(msr::IA32_TSC, MsrAccessKind::Read)
+    );
+    assert!(
+        v.msr_bitmap
+            .is_intercepted(msr::IA32_TSC, MsrAccessKind::Write)
+    );
+    let (_, l) = long_mode();
+    assert_ne!(l.get(F::VMENTRY_CONTROLS).unwrap() & (1 << 9), 0);
+}
+
+#[test]
+fn host_trait_paths_refuse() {
+    let (mut v, _) = multiboot();
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+    assert!(matches!(v.bind(), Err(axvcpu::Error::Unsupported(_))));
+    assert!(matches!(
+        <Vcpu as AxArchVCpu>::new(0, X86VcpuCreateConfig::new(0, 1)),
+        Err(axvcpu::Error::Unsupported(_))
+    ));
+    assert!(Vcpu::with_caps(0, X86VcpuCreateConfig::new(0, 0), caps()).is_err());
+    let mut fresh = Vcpu::with_caps(0, X86VcpuCreateConfig::new(0, 1), caps()).unwrap();
+    assert_eq!(fresh.run(), Err(axvcpu::Error::BadState));
+    let cfg = X86VcpuSetupConfig {
+        boot: BootProtocol::RealMode,
+    };
+    assert!(matches!(
+        fresh.setup_with(&mut FakeVmcs::new(), &cfg),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn cpuid_exit() {
+    let (mut v, mut vmcs) = multiboot();
+    v.set_gpr(0, 1);
+    v.set_gpr(1, 0);
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 10, 0, 2),
+        Ok(AxVCpuExitReason::Nothing)
+    );
+    assert_eq!(rip(&vmcs), 0x10_0002);
+    assert_eq!(v.gpr(1) & (1 << 5), 0, "VMX hidden");
+    assert_ne!(v.gpr(1) & (1 << 31), 0, "hypervisor bit");
+    assert_eq!(v.gpr(3) >> 24, 0);
+}
+
+#[test]
+fn hlt_vmcall_and_rsp_sync() {
+    let (mut v, mut vmcs) = multiboot();
+    vmcs.write(F::GUEST_RSP, 0x7ff0).unwrap();
+    vmcs.write(F::GUEST_INTERRUPTIBILITY_STATE, 1).unwrap();
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 12, 0, 1),
+        Ok(AxVCpuExitReason::Halt)
+    );
+    assert_eq!(rip(&vmcs), 0x10_0001);
+    assert_eq!(vmcs.get(F::GUEST_INTERRUPTIBILITY_STATE), Some(0));
+    assert_eq!(v.gpr(4), 0x7ff0, "RSP read back at exit");
+    for (r, val) in [(0, 9), (7, 1), (6, 2), (2, 3), (10, 4), (8, 5), (9, 6)] {
+        v.set_gpr(r, val);
+    }
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 18, 0, 3),
+        Ok(AxVCpuExitReason::Hypercall {
+            nr: 9,
+            args: [1, 2, 3, 4, 5, 6]
+        })
+    );
+    assert_eq!(rip(&vmcs), 0x10_0004);
+    v.set_gpr(4, 0x6000);
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(vmcs.get(F::GUEST_RSP), Some(0x6000));
+}
+
+#[test]
+fn io_exits() {
+    let (mut v, mut vmcs) = multiboot();
+    v.set_gpr(0, 0xffff_1241);
+    // out dx, al to 0x3f8.
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 30, 0x03f8_0000, 1),
+        Ok(AxVCpuExitReason::IoWrite {
+            port: 0x3f8,
+            width: AccessWidth::Byte,
+            data: 0x41
+        })
+    );
+    // in eax, 0x71.
+    assert_eq!(
+        exit(
+            &mut v,
+            &mut vmcs,
+            30,
+            (0x71 << 16) | (1 << 6) | (1 << 3) | 3,
+            2
+        ),
+        Ok(AxVCpuExitReason::IoRead {
+            port: 0x71,
+            width: AccessWidth::Dword
+        })
+    );
+    assert_eq!(rip(&vmcs), 0x10_0003);
+    v.set_io_result(AccessWidth::Dword, 0x1234_5678).unwrap();
+    assert_eq!(v.gpr(0), 0x1234_5678);
+    assert!(matches!(
+        exit(&mut v, &mut vmcs, 30, (1 << 4) | (1 << 5), 2),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn msr_exits_and_efer() {
+    let (mut v, mut vmcs) = long_mode();
+    v.set_gpr(1, 0x1b);
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 31, 0, 2),
+        Ok(AxVCpuExitReason::MsrRead { msr: 0x1b })
+    );
+    v.set_gpr(1, 0x6e0);
+    v.set_gpr(2, 1);
+    v.set_gpr(0, 2);
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 32, 0, 2),
+        Ok(AxVCpuExitReason::MsrWrite {
+            msr: 0x6e0,
+            value: 0x1_0000_0002
+        })
+    );
+    assert_eq!(rip(&vmcs), 0x20_0004);
+    v.set_gpr(1, msr::IA32_EFER.into());
+    exit(&mut v, &mut vmcs, 31, 0, 2).unwrap();
+    assert_eq!(v.gpr(0), 0x500);
+    // Setting NXE keeps LMA.
+    v.set_gpr(0, 0x901);
+    v.set_gpr(2, 0);
+    exit(&mut v, &mut vmcs, 32, 0, 2).unwrap();
+    assert_eq!(vmcs.get(F::GUEST_IA32_EFER), Some(0xd01));
+    // Clearing LME while paging: #GP(0), RIP stays.
+    let r = rip(&vmcs);
+    v.set_gpr(0, 0x801);
+    exit(&mut v, &mut vmcs, 32, 0, 2).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0d));
+    assert_eq!(vmcs.get(F::VMENTRY_EXCEPTION_ERROR_CODE), Some(0));
+    assert_eq!(rip(&vmcs), r);
+}
+
+#[test]
+fn ept_violation_then_mmio_decode() {
+    let (mut v, mut vmcs) = long_mode();
+    vmcs.set_exit_info(F::GUEST_PHYSICAL_ADDR, 0xfee0_0300);
+    v.set_gpr(0, 0x000c_4500);
+    // Write access, linear address valid: mov [rbx+0x300], eax (89 83 00 03 00 00).
+    let e = exit(&mut v, &mut vmcs, 48, 0x182, 0);
+    assert_eq!(
+        e,
+        Ok(AxVCpuExitReason::NestedPageFault {
+            addr: GuestPhysAddr::from(0xfee0_0300usize),
+            access_flags: MappingFlags::WRITE
+        })
+    );
+    let loc = v.guest_code_location();
+    assert_eq!(
+        (loc.linear_rip, loc.bitness, loc.cr3),
+        (0x20_0000, 64, 0x1000)
+    );
+    let m = v
+        .decode_mmio(
+            GuestPhysAddr::from(0xfee0_0300usize),
+            &[0x89, 0x83, 0x00, 0x03, 0x00, 0x00],
+        )
+        .unwrap();
+    assert_eq!(
+        m,
+        AxVCpuExitReason::MmioWrite {
+            addr: GuestPhysAddr::from(0xfee0_0300usize),
+            width: AccessWidth::Dword,
+            data: 0x000c_4500
+        }
+    );
+    // RIP moves at the next entry.
+    assert_eq!(rip(&vmcs), 0x20_0000);
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(rip(&vmcs), 0x20_0006);
+    // A second decode without a new fault is refused.
+    assert!(
+        v.decode_mmio(GuestPhysAddr::from(0usize), &[0x8b, 0x03])
+            .is_err()
+    );
+    assert!(matches!(
+        exit(&mut v, &mut vmcs, 49, 0, 0),
+        Err(Error::EptMisconfiguration(0xfee0_0300))
+    ));
+}
+
+#[test]
+fn interrupts_and_windows() {
+    let (mut v, mut vmcs) = multiboot();
+    v.inject_interrupt(0x20).unwrap();
+    // IF clear: interrupt-window exiting on, nothing injected.
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0));
+    assert_ne!(
+        vmcs.get(F::CPU_BASED_VM_EXEC_CONTROL).unwrap() & (1 << 2),
+        0
+    );
+    vmcs.write(F::GUEST_RFLAGS, 0x202).unwrap();
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 7, 0, 0),
+        Ok(AxVCpuExitReason::InterruptWindow)
+    );
+    assert_eq!(
+        vmcs.get(F::CPU_BASED_VM_EXEC_CONTROL).unwrap() & (1 << 2),
+        0
+    );
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0020));
+    assert_eq!(v.pending_interrupts(), 0);
+    // External interrupt exit with acknowledge-on-exit.
+    vmcs.set_exit_info(F::VMEXIT_INTERRUPTION_INFO, 0x8000_00ec);
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 1, 0, 0),
+        Ok(AxVCpuExitReason::ExternalInterrupt { vector: 0xec })
+    );
+}
+
+#[test]
+fn idt_vectoring_is_reinjected() {
+    let (mut v, mut vmcs) = long_mode();
+    vmcs.set_exit_info(F::VM_EXIT_REASON, 48);
+    vmcs.set_exit_info(F::EXIT_QUALIFICATION, 0x181);
+    vmcs.set_exit_info(F::GUEST_PHYSICAL_ADDR, 0x5000);
+    vmcs.set_exit_info(F::VMEXIT_INSTRUCTION_LEN, 0);
+    vmcs.set_exit_info(F::IDT_VECTORING_INFO, 0x8000_0b0e);
+    vmcs.set_exit_info(F::IDT_VECTORING_ERROR_CODE, 0x2);
+    v.handle_exit(&mut vmcs, &intel_cpuid()).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0e));
+    assert_eq!(vmcs.get(F::VMENTRY_EXCEPTION_ERROR_CODE), Some(2));
+    // Pending interrupts wait behind it.
+    v.inject_interrupt(0x40).unwrap();
+    vmcs.write(F::GUEST_RFLAGS, 0x202).unwrap();
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0e));
+    assert_eq!(v.pending_interrupts(), 1);
+}
+
+#[test]
+fn cr0_write_of_host_owned_bit_and_long_mode_switch() {
+    let (mut v, mut vmcs) = multiboot();
+    // Guest: EFER.LME, CR4.PAE (direct), then mov cr0, eax with PG|PE (no NE).
+    vmcs.write(F::GUEST_IA32_EFER, 0x100).unwrap();
+    vmcs.write(F::CR4_READ_SHADOW, 0x20).unwrap();
+    v.set_gpr(0, 0x8000_0011);
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 28, 0x000, 3),
+        Ok(AxVCpuExitReason::Nothing)
+    );
+    assert_eq!(vmcs.get(F::CR0_READ_SHADOW), Some(0x8000_0011));
+    assert_eq!(vmcs.get(F::GUEST_CR0), Some(0x8000_0031), "NE forced");
+    assert_eq!(vmcs.get(F::GUEST_IA32_EFER), Some(0x500), "LMA set");
+    assert_ne!(
+        vmcs.get(F::VMENTRY_CONTROLS).unwrap() & (1 << 9),
+        0,
+        "IA-32e mode guest"
+    );
+    assert_eq!(rip(&vmcs), 0x10_0003);
+    // Paging back off leaves long mode.
+    v.set_gpr(3, 0x11);
+    exit(&mut v, &mut vmcs, 28, 0x300, 3).unwrap();
+    assert_eq!(vmcs.get(F::GUEST_IA32_EFER), Some(0x100));
+    assert_eq!(vmcs.get(F::VMENTRY_CONTROLS).unwrap() & (1 << 9), 0);
+    // PG without PE: #GP.
+    v.set_gpr(0, 0x8000_0010);
+    exit(&mut v, &mut vmcs, 28, 0x000, 3).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0d));
+}
+
+#[test]
+fn cr4_write_rules() {
+    let (mut v, mut vmcs) = long_mode();
+    // mov cr4, rcx with OSXSAVE|PAE: VMXE stays forced, shadow is the guest's.
+    v.set_gpr(1, 0x4_0020);
+    exit(&mut v, &mut vmcs, 28, 0x104, 3).unwrap();
+    assert_eq!(vmcs.get(F::CR4_READ_SHADOW), Some(0x4_0020));
+    assert_eq!(vmcs.get(F::GUEST_CR4), Some(0x4_2020));
+    // The guest may not set VMXE.
+    v.set_gpr(1, 0x2020);
+    exit(&mut v, &mut vmcs, 28, 0x104, 3).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0d));
+    assert_eq!(vmcs.get(F::CR4_READ_SHADOW), Some(0x4_0020));
+}
+
+#[test]
+fn xsetbv_and_vmx_instructions() {
+    let (mut v, mut vmcs) = long_mode();
+    v.set_gpr(0, 0x7);
+    v.set_gpr(1, 0);
+    v.set_gpr(2, 0);
+    exit(&mut v, &mut vmcs, 55, 0, 3).unwrap();
+    assert_eq!(v.guest_xcr0(), 7);
+    assert_eq!(rip(&vmcs), 0x20_0003);
+    v.set_gpr(0, 0x5); // AVX without SSE
+    exit(&mut v, &mut vmcs, 55, 0, 3).unwrap();
+    assert_eq!(v.guest_xcr0(), 7);
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0d));
+    // VMXON in the guest: #UD.
+    exit(&mut v, &mut vmcs, 27, 0, 4).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0306));
+}
+
+#[test]
+fn fatal_exits() {
+    let (mut v, mut vmcs) = multiboot();
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 2, 0, 0),
+        Ok(AxVCpuExitReason::TripleFault)
+    );
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 0x8000_0021, 0, 0),
+        Ok(AxVCpuExitReason::FailEntry {
+            hardware_entry_failure_reason: 0x8000_0021
+        })
+    );
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 52, 0, 0),
+        Err(Error::UnknownExit(52))
+    );
+    assert_eq!(
+        exit(&mut v, &mut vmcs, 35, 0, 0),
+        Err(Error::UnknownExit(35))
+    );
+}
+
+#[test]
+fn entry_and_root_changes_after_setup_apply_at_next_entry() {
+    let (mut v, mut vmcs) = multiboot();
+    v.set_entry(GuestPhysAddr::from(0x30_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x80_0000usize)).unwrap();
+    assert!(v.set_ept_root(HostPhysAddr::from(0x80_0010usize)).is_err());
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(rip(&vmcs), 0x30_0000);
+    assert_eq!(vmcs.get(F::EPT_POINTER), Some(0x80_001e));
+}
