@@ -51,10 +51,7 @@ pub fn check(needs: &[Prereq]) -> Result<(), String> {
     let mut pkgs: Vec<&str> = missing.iter().map(|p| p.package).collect();
     pkgs.dedup();
     let progs: Vec<&str> = missing.iter().map(|p| p.program).collect();
-    let cmd = format!(
-        "apt-get update && apt-get install -y {}",
-        pkgs.join(" ")
-    );
+    let cmd = format!("apt-get update && apt-get install -y {}", pkgs.join(" "));
     if is_root() && is_debian_like() {
         eprintln!("xtask: installing missing packages: {}", pkgs.join(" "));
         let ok = Command::new("sh")

@@ -59,7 +59,11 @@ impl QemuOutcome {
                         .collect();
                     return Err(format!(
                         "missing console line `{m}`{} (QEMU status {:?}{}); last lines:\n    {}",
-                        if from > 0 { " after the earlier markers" } else { "" },
+                        if from > 0 {
+                            " after the earlier markers"
+                        } else {
+                            ""
+                        },
                         self.status,
                         if self.timed_out { ", timed out" } else { "" },
                         tail.join("\n    ")

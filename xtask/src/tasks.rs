@@ -21,7 +21,10 @@ const LIB_CRATES: [&str; 7] = [
 /// Crates checked with `cargo package`.
 const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"];
 
-/// Guests `run --guest` knows. Empty until the test guests land (issue #3).
+/// The project's test guests (built from `guests/`).
+const GUESTS: [&str; 5] = ["hello", "hypercall", "mmio", "isolation", "triple-fault"];
+
+/// Guests `run --guest` can run. Empty until the hypervisor runs VMs (issue #3).
 const KNOWN_GUESTS: [&str; 0] = [];
 
 const BARE_TARGET: &str = "x86_64-unknown-none";
@@ -65,7 +68,14 @@ pub fn hv_app_elf() -> PathBuf {
 /// Builds the hypervisor ELF and checks it is a multiboot kernel.
 pub fn build_hv_app() -> Result<PathBuf, String> {
     let mut c = cargo();
-    c.args(["build", "-p", "hv-app", "--release", "--target", BARE_TARGET]);
+    c.args([
+        "build",
+        "-p",
+        "hv-app",
+        "--release",
+        "--target",
+        BARE_TARGET,
+    ]);
     step("build hv-app (x86_64-unknown-none, release)", c)?;
     let elf = hv_app_elf();
     check_multiboot_elf(&elf)?;
@@ -96,7 +106,10 @@ pub fn check_multiboot_elf(path: &Path) -> Result<(), String> {
                     path.display()
                 ));
             }
-            println!("    {}: ELF64 with multiboot header at {off:#x}", path.display());
+            println!(
+                "    {}: ELF64 with multiboot header at {off:#x}",
+                path.display()
+            );
             return Ok(());
         }
     }
@@ -239,7 +252,10 @@ pub fn test(args: &[String]) -> Result<u8, String> {
         "-D",
         "warnings",
     ]);
-    step("cargo clippy --workspace --all-targets (warnings are errors)", c)?;
+    step(
+        "cargo clippy --workspace --all-targets (warnings are errors)",
+        c,
+    )?;
 
     let mut c = cargo();
     c.args(["test", "--workspace"]);
@@ -266,6 +282,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
     step("cargo doc (warnings are errors)", c)?;
 
     let elf = build_hv_app()?;
+    check_guests()?;
 
     check_configs()?;
 
@@ -280,11 +297,51 @@ pub fn test(args: &[String]) -> Result<u8, String> {
         boot_smoke(&elf)?;
     }
 
-    println!(
-        "\nall checks passed in {:.0}s",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("\nall checks passed in {:.0}s", t0.elapsed().as_secs_f64());
     Ok(0)
+}
+
+/// The manifest of the test guests (a workspace of their own).
+fn guests_manifest() -> PathBuf {
+    root().join("guests").join("Cargo.toml")
+}
+
+/// Builds the test guests for bare metal and returns their directory.
+pub fn build_guests() -> Result<PathBuf, String> {
+    let mut c = cargo();
+    c.arg("build")
+        .arg("--manifest-path")
+        .arg(guests_manifest())
+        .args(["--release", "--target", BARE_TARGET]);
+    step("build the test guests (x86_64-unknown-none, release)", c)?;
+    Ok(root()
+        .join("guests/target")
+        .join(BARE_TARGET)
+        .join("release"))
+}
+
+/// Lints, host-tests and builds the test guests; each must be a multiboot ELF.
+fn check_guests() -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["fmt", "--manifest-path"])
+        .arg(guests_manifest())
+        .args(["--", "--check"]);
+    step("cargo fmt --check (guests)", c)?;
+    let mut c = cargo();
+    c.args(["clippy", "--manifest-path"])
+        .arg(guests_manifest())
+        .args(["--release", "--target", BARE_TARGET, "--", "-D", "warnings"]);
+    step("cargo clippy (guests, warnings are errors)", c)?;
+    let mut c = cargo();
+    c.args(["test", "--manifest-path"])
+        .arg(guests_manifest())
+        .arg("--lib");
+    step("host tests of the guest runtime", c)?;
+    let dir = build_guests()?;
+    for g in GUESTS {
+        check_multiboot_elf(&dir.join(g))?;
+    }
+    Ok(())
 }
 
 /// `axvmconfig check` accepts every shipped config and rejects the bad ones
@@ -311,7 +368,8 @@ fn check_configs() -> Result<(), String> {
         .arg(&bad)
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !text.contains("vcpus.count") {
         return Err(format!(
             "axvmconfig check should reject {} naming `vcpus.count`; it printed:\n{text}",
@@ -333,14 +391,29 @@ fn boot_smoke(elf: &Path) -> Result<(), String> {
         stream: false,
     };
     let out = qemu::run(&qemu::type1_args(elf, &cfg), &cfg)?;
-    out.expect_in_order(&["axhv hv-app", "powering off"])?;
+    out.expect_in_order(&["axhv hv-app", "self-check passed", "powering off"])?;
     match out.debug_exit_value() {
-        Some(0) => {
-            println!("    ok: banner printed, exit status 0");
+        Some(0) => println!("    ok: banner printed, exit status 0"),
+        v => {
+            return Err(format!(
+                "hv-app should exit with status 0 through port 0xf4, got {v:?} (QEMU status {:?})",
+                out.status
+            ));
+        }
+    }
+
+    println!("\n==> hv-app reports an exception instead of rebooting (crash=ud)");
+    let mut args = qemu::type1_args(elf, &cfg);
+    args.extend(["-append".into(), "crash=ud".into()]);
+    let out = qemu::run(&args, &cfg)?;
+    out.expect_in_order(&["axhv hv-app", "#UD Invalid Opcode (vector 6)", "RIP 0x"])?;
+    match out.debug_exit_value() {
+        Some(4) => {
+            println!("    ok: #UD reported with RIP, exit status 4");
             Ok(())
         }
         v => Err(format!(
-            "hv-app should exit with status 0 through port 0xf4, got {v:?} (QEMU status {:?})",
+            "hv-app should exit with status 4 (exception) after crash=ud, got {v:?} (QEMU status {:?})",
             out.status
         )),
     }
@@ -359,9 +432,21 @@ mod tests {
         let o = parse_run(&s(&["--smp", "2", "--mem", "1G"])).unwrap();
         assert_eq!(o.qemu.smp, 2);
         assert_eq!(o.qemu.mem, "1G");
-        assert!(parse_run(&s(&["--smp", "0"])).unwrap_err().contains("--smp"));
-        assert!(parse_run(&s(&["--mem", "lots"])).unwrap_err().contains("--mem"));
-        assert!(parse_run(&s(&["--smp"])).unwrap_err().contains("needs a value"));
+        assert!(
+            parse_run(&s(&["--smp", "0"]))
+                .unwrap_err()
+                .contains("--smp")
+        );
+        assert!(
+            parse_run(&s(&["--mem", "lots"]))
+                .unwrap_err()
+                .contains("--mem")
+        );
+        assert!(
+            parse_run(&s(&["--smp"]))
+                .unwrap_err()
+                .contains("needs a value")
+        );
         assert!(parse_run(&s(&["--bogus"])).unwrap_err().contains("--bogus"));
     }
 
@@ -375,6 +460,10 @@ mod tests {
     fn multiboot_check_rejects_non_elf() {
         let p = std::env::temp_dir().join("xtask-not-elf");
         std::fs::write(&p, b"hello").unwrap();
-        assert!(check_multiboot_elf(&p).unwrap_err().contains("not an x86_64 ELF64"));
+        assert!(
+            check_multiboot_elf(&p)
+                .unwrap_err()
+                .contains("not an x86_64 ELF64")
+        );
     }
 }
