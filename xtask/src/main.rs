@@ -5,6 +5,7 @@
 mod prereq;
 mod qemu;
 mod tasks;
+mod vms;
 
 use std::process::ExitCode;
 
@@ -14,7 +15,11 @@ usage: cargo xtask <command> [options]
 commands:
   build                 build hv-app (x86_64-unknown-none ELF) and the host tools
   run [options]         boot hv-app in QEMU (AMD SVM under TCG) and stream its console
-      --guest NAME      guest to run (none exist yet: they arrive with issue #3)
+      --guest NAME      run a test guest from guests/ in a VM (repeatable:
+                        one VM per --guest, run one after the other)
+      --config VM.toml  run your own multiboot kernel under this VM config...
+      --image KERNEL    ...this kernel image (e.g. NimbOS, ArceOS)
+      --log LEVEL       hypervisor log level: error, warn, info, debug, trace
       --smp N           number of CPUs (default 1)
       --mem SIZE        machine memory, e.g. 512M (default 512M)
       --timeout SECS    stop QEMU after this many seconds (default 60)

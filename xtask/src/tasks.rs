@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::prereq;
 use crate::qemu::{self, QemuConfig};
+use crate::vms;
 
 /// Library crates: each is published alone and must test alone.
 const LIB_CRATES: [&str; 7] = [
@@ -134,13 +135,19 @@ pub fn build(args: &[String]) -> Result<u8, String> {
 /// Options of `cargo xtask run`.
 #[derive(Debug)]
 struct RunOpts {
-    guest: Option<String>,
+    guests: Vec<String>,
+    config: Option<PathBuf>,
+    image: Option<PathBuf>,
+    log: Option<String>,
     qemu: QemuConfig,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOpts, String> {
     let mut o = RunOpts {
-        guest: None,
+        guests: Vec::new(),
+        config: None,
+        image: None,
+        log: None,
         qemu: QemuConfig {
             smp: 1,
             mem: "512M".into(),
@@ -156,7 +163,18 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
                 .ok_or_else(|| format!("option {name} needs a value"))
         };
         match a.as_str() {
-            "--guest" => o.guest = Some(val("--guest")?),
+            "--guest" => o.guests.push(val("--guest")?),
+            "--config" => o.config = Some(PathBuf::from(val("--config")?)),
+            "--image" => o.image = Some(PathBuf::from(val("--image")?)),
+            "--log" => {
+                let v = val("--log")?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!(
+                        "--log: `{v}` is not one of error, warn, info, debug, trace"
+                    ));
+                }
+                o.log = Some(v);
+            }
             "--smp" => {
                 let v = val("--smp")?;
                 o.qemu.smp = v
@@ -185,18 +203,12 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
             other => return Err(format!("run: unknown option `{other}`")),
         }
     }
-    Ok(o)
-}
-
-/// `cargo xtask run`.
-pub fn run(args: &[String]) -> Result<u8, String> {
-    let opts = parse_run(args)?;
-    if let Some(g) = &opts.guest {
+    for g in &o.guests {
         if !KNOWN_GUESTS.contains(&g.as_str()) {
             return Err(format!(
                 "unknown guest `{g}`; known guests: {}",
                 if KNOWN_GUESTS.is_empty() {
-                    "none yet (the test guests arrive with issue #3; `cargo xtask run` \
+                    "none yet (running guests arrives with issue #3; `cargo xtask run` \
                      without --guest boots the hypervisor alone)"
                         .to_string()
                 } else {
@@ -205,11 +217,63 @@ pub fn run(args: &[String]) -> Result<u8, String> {
             ));
         }
     }
+    match (&o.config, &o.image) {
+        (Some(_), None) => return Err("--config needs --image KERNEL (the guest to run)".into()),
+        (None, Some(_)) => {
+            return Err("--image needs --config VM.toml (memory, devices, boot protocol)".into());
+        }
+        _ => {}
+    }
+    Ok(o)
+}
+
+/// The config every project test guest runs under.
+fn test_guest_config() -> PathBuf {
+    root().join("configs/test-guest.toml")
+}
+
+/// Builds hv-app (and the guests it needs), boots QEMU with the VMs of
+/// `opts` as multiboot modules and returns the outcome.
+fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
     prereq::check(&[prereq::QEMU])?;
     let elf = build_hv_app()?;
-    let qargs = qemu::type1_args(&elf, &opts.qemu);
-    println!("==> qemu-system-x86_64 {}", qargs.join(" "));
-    let out = qemu::run(&qargs, &opts.qemu)?;
+    let mut specs = Vec::new();
+    if !opts.guests.is_empty() {
+        let dir = build_guests()?;
+        for g in &opts.guests {
+            specs.push(vms::VmSpec {
+                config: test_guest_config(),
+                image: dir.join(g),
+            });
+        }
+    }
+    if let (Some(config), Some(image)) = (&opts.config, &opts.image) {
+        specs.push(vms::VmSpec {
+            config: config.clone(),
+            image: image.clone(),
+        });
+    }
+    let mut qargs = qemu::type1_args(&elf, &opts.qemu);
+    if !specs.is_empty() {
+        let dir = hv_app_elf()
+            .parent()
+            .expect("ELF has a directory")
+            .join("xtask-vms");
+        qargs.extend(["-initrd".into(), vms::prepare_modules(&specs, &dir)?]);
+    }
+    if let Some(level) = &opts.log {
+        qargs.extend(["-append".into(), format!("log={level}")]);
+    }
+    if opts.qemu.stream {
+        println!("==> qemu-system-x86_64 {}", qargs.join(" "));
+    }
+    qemu::run(&qargs, &opts.qemu)
+}
+
+/// `cargo xtask run`.
+pub fn run(args: &[String]) -> Result<u8, String> {
+    let opts = parse_run(args)?;
+    let out = boot(&opts)?;
     if out.timed_out {
         return Err(format!(
             "QEMU did not end within {}s (stopped)",
