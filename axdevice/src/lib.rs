@@ -8,6 +8,7 @@ mod console;
 mod device;
 mod error;
 mod power;
+mod ram;
 mod set;
 mod uart;
 
@@ -21,6 +22,7 @@ pub use device::{
 };
 pub use error::{DeviceKind, Error, Result, Span};
 pub use power::{DebugExit, PowerOff};
+pub use ram::RamDevice;
 pub use set::{DeviceSet, VCpuDeviceSet};
 pub use uart::{
     COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, COM3_BASE, COM4_BASE, DEFAULT_RX_CAPACITY,

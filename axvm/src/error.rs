@@ -1,13 +1,64 @@
 //! The error type of the crate.
 
+use alloc::{string::String, vec::Vec};
+use core::fmt;
+
 use axaddrspace::GuestPhysAddr;
+use axvmconfig::ConfigError;
 
 /// Everything that can go wrong in `axvm`.
 ///
 /// Image-loading failures name the offending field or range so that a user
 /// handing the hypervisor a broken kernel learns what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Failures of the lower crates keep their own error as a variant
+/// ([`AddrSpace`](Self::AddrSpace), [`Device`](Self::Device),
+/// [`VCpu`](Self::VCpu)).
+///
+/// A guest's misbehaviour (a wild access, a triple fault) is *not* an
+/// error: it stops that VM and is reported as a
+/// [`VmExit`](crate::VmExit).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
+    /// The guest physical address space (nested page table, guest memory
+    /// access) failed.
+    #[error("address space: {0}")]
+    AddrSpace(#[from] axaddrspace::Error),
+    /// The device model failed (overlapping devices, a device that cannot
+    /// be built).
+    #[error("device: {0}")]
+    Device(#[from] axdevice::Error),
+    /// A vCPU operation failed (the architecture backend, or an operation
+    /// the vCPU state machine refuses).
+    #[error("vCPU: {0}")]
+    VCpu(#[from] axvcpu::Error),
+    /// The VM configuration is invalid, or asks for something this crate
+    /// cannot build: every problem, each naming its field. Converted from
+    /// [`axvmconfig::Error`] (whose problems it keeps).
+    #[error("{}", Problems(.0))]
+    Config(Vec<ConfigError>),
+    /// The configuration asks for an emulated device that this crate does
+    /// not emulate yet.
+    #[error("devices.emulated[{index}]: device kind {kind} not emulated yet")]
+    DeviceNotEmulated {
+        /// Index of the device in `devices.emulated`.
+        index: usize,
+        /// Its kind.
+        kind: axvmconfig::DeviceKind,
+    },
+    /// There is no vCPU with this id in the VM.
+    #[error("VM has no vCPU {id}")]
+    NoSuchVCpu {
+        /// The id asked for.
+        id: usize,
+    },
+    /// The VM is stopped; it cannot run again.
+    #[error("VM {id} is stopped: {reason}")]
+    Stopped {
+        /// The VM's id.
+        id: usize,
+        /// Why it stopped.
+        reason: String,
+    },
     /// No Multiboot v1 header (magic `0x1BADB002` with a valid checksum) in
     /// the first 8192 bytes of the image.
     #[error("no multiboot header (magic 0x1BADB002) in the first 8192 bytes of the image")]
@@ -119,6 +170,47 @@ pub enum Error {
     /// A feature this crate does not implement yet.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+}
+
+/// The problems of a configuration, one per line.
+struct Problems<'a>(&'a [ConfigError]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("invalid VM configuration");
+        }
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// A configuration problem at `field`.
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config(alloc::vec![ConfigError::new(field, reason)])
+    }
+}
+
+impl From<axvmconfig::Error> for Error {
+    /// Keeps the problems of a parse or validation error; any other
+    /// configuration error (binary form, file access) becomes one problem
+    /// carrying its message.
+    fn from(e: axvmconfig::Error) -> Self {
+        match e {
+            axvmconfig::Error::Parse(p) => Self::Config(alloc::vec![p]),
+            axvmconfig::Error::Invalid(list) => Self::Config(list),
+            other => {
+                use alloc::string::ToString;
+                Self::config("", other.to_string())
+            }
+        }
+    }
 }
 
 /// Result type of the crate.

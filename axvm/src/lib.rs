@@ -4,7 +4,17 @@
 
 extern crate alloc;
 
+mod build;
 mod error;
+mod exit;
 pub mod loader;
+mod memory;
+mod stats;
+mod vm;
 
+pub use build::{BOOT_LOADER_NAME, BootSetup, MULTIBOOT_INFO_GPA};
 pub use error::{Error, Result};
+pub use exit::{StopReason, VmExit, VmState};
+pub use memory::{MAX_INSN_LEN, fetch_code};
+pub use stats::ExitStats;
+pub use vm::Vm;

@@ -223,7 +223,7 @@ protocol = "multiboot"
         assert_eq!(c.kernel.load_addr, None);
         assert_eq!(c.devices, DevicesConfig::default());
         let c = VmConfig::from_toml_str(&format!(
-            "{MINIMAL}[[devices.emulated]]\nkind = \"hpet\"\n[[devices.emulated]]\nkind = \"uart16550\"\nport = 0x2f8\nirq = 3\n"
+            "{MINIMAL}[[devices.emulated]]\nkind = \"hpet\"\n[[devices.emulated]]\nkind = \"uart16550\"\nport = 0x2f8\nirq = 3\n[[devices.emulated]]\nkind = \"test_mmio\"\n"
         ))
         .unwrap();
         assert_eq!(
@@ -240,6 +240,12 @@ protocol = "multiboot"
                     base: DeviceBase::Port(0x2f8),
                     size: 8,
                     irq: Some(3)
+                },
+                EmulatedDevice {
+                    kind: DeviceKind::TestMmio,
+                    base: DeviceBase::Mmio(0xfeb0_0000),
+                    size: 0x1000,
+                    irq: None
                 },
             ]
         );
@@ -363,7 +369,7 @@ size = 8
         );
         assert_eq!(
             error_of("[[devices.emulated]]\nkind = \"vga\"\n"),
-            "devices.emulated[0].kind: unknown variant `vga`, expected one of `uart16550`, `debug_exit`, `pic8259`, `pit8254`, `rtc`, `hpet`, `ioapic`, `lapic`, `power_off`, `pci_host` (line 11, column 8)"
+            "devices.emulated[0].kind: unknown variant `vga`, expected one of `uart16550`, `debug_exit`, `pic8259`, `pit8254`, `rtc`, `hpet`, `ioapic`, `lapic`, `power_off`, `pci_host`, `test_mmio` (line 11, column 8)"
         );
         assert_eq!(
             error_of("[[devices.emulated]]\nkind = \"uart16550\"\nport = 0x10000\n"),

@@ -405,11 +405,16 @@ pub enum DeviceKind {
     /// port 0xCF8, 8 ports.
     #[serde(rename = "pci_host")]
     PciHost,
+    /// A RAM-like MMIO test window: writes store bytes, reads return them,
+    /// fresh memory reads 0 (the project's `mmio` test guest checks MMIO
+    /// emulation with it). Default: MMIO 0xFEB0_0000, one page.
+    #[serde(rename = "test_mmio")]
+    TestMmio,
 }
 
 impl DeviceKind {
     /// Every kind, in declaration order.
-    pub const ALL: [DeviceKind; 10] = [
+    pub const ALL: [DeviceKind; 11] = [
         Self::Uart16550,
         Self::DebugExit,
         Self::Pic8259,
@@ -420,6 +425,7 @@ impl DeviceKind {
         Self::Lapic,
         Self::PowerOff,
         Self::PciHost,
+        Self::TestMmio,
     ];
 
     /// The TOML spelling (`"uart16550"`, `"debug_exit"`...).
@@ -435,6 +441,7 @@ impl DeviceKind {
             Self::Lapic => "lapic",
             Self::PowerOff => "power_off",
             Self::PciHost => "pci_host",
+            Self::TestMmio => "test_mmio",
         }
     }
 
@@ -452,6 +459,7 @@ impl DeviceKind {
             Self::Lapic => DeviceBase::Mmio(0xfee0_0000),
             Self::PowerOff => DeviceBase::Port(0x604),
             Self::PciHost => DeviceBase::Port(0xcf8),
+            Self::TestMmio => DeviceBase::Mmio(0xfeb0_0000),
         }
     }
 
@@ -462,13 +470,16 @@ impl DeviceKind {
             Self::Uart16550 | Self::PciHost => 8,
             Self::DebugExit | Self::Pit8254 => 4,
             Self::Pic8259 | Self::Rtc | Self::PowerOff => 2,
-            Self::Hpet | Self::IoApic | Self::Lapic => PAGE_SIZE,
+            Self::Hpet | Self::IoApic | Self::Lapic | Self::TestMmio => PAGE_SIZE,
         }
     }
 
     /// Whether the device is reached through MMIO (else through I/O ports).
     pub fn is_mmio(&self) -> bool {
-        matches!(self, Self::Hpet | Self::IoApic | Self::Lapic)
+        matches!(
+            self,
+            Self::Hpet | Self::IoApic | Self::Lapic | Self::TestMmio
+        )
     }
 
     /// Whether the device can raise an interrupt through a line named by `irq`.
@@ -1022,6 +1033,10 @@ mod tests {
         );
         assert_eq!(DeviceKind::PowerOff.default_base(), DeviceBase::Port(0x604));
         assert_eq!(DeviceKind::DebugExit.default_base(), DeviceBase::Port(0xf4));
+        let d = EmulatedDevice::new(DeviceKind::TestMmio);
+        assert_eq!(d.range(), (0xfeb0_0000, 0xfeb0_1000));
+        assert!(!DeviceKind::TestMmio.has_irq_line());
+        assert_eq!(DeviceKind::TestMmio.as_str(), "test_mmio");
         for kind in DeviceKind::ALL {
             assert_eq!(
                 kind.is_mmio(),

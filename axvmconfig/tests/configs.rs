@@ -157,3 +157,24 @@ fn missing_file_is_an_io_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn test_guest_config_matches_what_the_test_guests_need() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let c = VmConfig::load_file(dir.join("test-guest.toml")).unwrap();
+    // guests/README.md: one CPU, 16 MiB of RAM at GPA 0, multiboot, loaded
+    // at 0x200000.
+    assert_eq!(c.vcpus.count, 1);
+    assert_eq!(c.ram_size(), 16 << 20);
+    assert_eq!((c.memory[0].gpa, c.memory[0].map), (0, MapKind::Alloc));
+    assert!(c.is_ram_range(0x20_0000, 0x2_0000));
+    assert_eq!(c.kernel.protocol, axvmconfig::BootProtocol::Multiboot);
+    let dev = |k: DeviceKind| {
+        let d = c.devices.emulated.iter().find(|d| d.kind == k);
+        d.map(|d| d.range())
+    };
+    // COM1, isa-debug-exit at 0xf4 (4 ports), the MMIO window of `mmio`.
+    assert_eq!(dev(DeviceKind::Uart16550), Some((0x3f8, 0x400)));
+    assert_eq!(dev(DeviceKind::DebugExit), Some((0xf4, 0xf8)));
+    assert_eq!(dev(DeviceKind::TestMmio), Some((0xfeb0_0000, 0xfeb0_1000)));
+}

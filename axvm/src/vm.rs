@@ -1,0 +1,569 @@
+//! One virtual machine: its address space, devices and vCPUs, and the exit
+//! loop.
+
+use alloc::{format, string::String, sync::Arc, vec::Vec};
+
+use axaddrspace::{
+    AccessWidth, AxMmHal, DynAddrSpace, GuestPhysAddr, MappingFlags, NestedPagingKind,
+};
+use axdevice::{DeviceSet, Uart16550, UartBackend};
+use axvcpu::{AxArchVCpu, AxVCpu, AxVCpuExitReason, VCpuState};
+use axvmconfig::VmConfig;
+use x86_vcpu::{X86VcpuExt, X86VcpuSetupConfig};
+
+use crate::build::{self, BootSetup};
+use crate::memory::fetch_code;
+use crate::{Error, ExitStats, Result, StopReason, VmExit, VmState};
+
+/// One virtual machine: guest memory (a nested page table of the kind the
+/// processor needs), the emulated devices, and the vCPUs, built from an
+/// [`axvmconfig::VmConfig`].
+///
+/// `V` is the vCPU of the architecture (`x86_vcpu::X86Vcpu<_>` in the
+/// hypervisor, a fake in tests); its setup takes an
+/// [`X86VcpuSetupConfig`], and it can decode the instruction of an MMIO
+/// access ([`X86VcpuExt`]). `H` supplies host memory for guest RAM and
+/// the nested page table.
+///
+/// [`run_vcpu`](Self::run_vcpu) runs a vCPU and settles every exit that
+/// belongs to the VM (port I/O, MSRs, MMIO, lazily allocated RAM); it
+/// returns the others ([`VmExit`]).
+pub struct Vm<V, H>
+where
+    V: AxArchVCpu<SetupConfig = X86VcpuSetupConfig> + X86VcpuExt,
+    H: AxMmHal,
+{
+    id: usize,
+    name: String,
+    config: VmConfig,
+    aspace: DynAddrSpace<H>,
+    devices: DeviceSet,
+    uart: Option<Arc<Uart16550>>,
+    debug_exits: Vec<Arc<axdevice::DebugExit>>,
+    power_offs: Vec<Arc<axdevice::PowerOff>>,
+    console: Arc<dyn UartBackend>,
+    vcpus: Vec<AxVCpu<V>>,
+    boot: BootSetup,
+    state: VmState,
+    stats: ExitStats,
+}
+
+impl<V, H> Vm<V, H>
+where
+    V: AxArchVCpu<SetupConfig = X86VcpuSetupConfig> + X86VcpuExt,
+    H: AxMmHal,
+{
+    /// Builds the VM `config` describes, with `image` as its kernel.
+    ///
+    /// 1. Validates `config` ([`Error::Config`] lists every problem).
+    /// 2. Builds the address space with nested paging format `nested`
+    ///    (EPT on Intel, NPT on AMD): `alloc` regions are allocated now,
+    ///    `alloc_lazy` on first touch; `identical`/`linear` are refused for
+    ///    now ([`Error::Config`]).
+    /// 3. Loads `image` per `kernel.protocol` (see [`BootSetup`]); a
+    ///    Multiboot kernel gets its information structure at a free spot of
+    ///    low RAM (GPA `0x9000` when free).
+    /// 4. Creates the devices: `uart16550` (output to `console`),
+    ///    `debug_exit`, `power_off`, `test_mmio`. Any other kind is
+    ///    [`Error::DeviceNotEmulated`].
+    /// 5. Creates the vCPUs (`create_config(id)` gives each one's creation
+    ///    parameters; `vcpus.phys_cpu_affinity` gives its favoured CPU and
+    ///    affinity) and sets each up with the entry, the nested page table
+    ///    root and the boot protocol.
+    ///
+    /// Nothing is left behind on failure: the host frames are released.
+    pub fn new(
+        config: &VmConfig,
+        image: &[u8],
+        nested: NestedPagingKind,
+        mut create_config: impl FnMut(usize) -> V::CreateConfig,
+        console: Arc<dyn UartBackend>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut aspace = build::address_space::<H>(config, nested)?;
+        let boot = build::load_image(config, image, &mut aspace)?;
+        let devs = build::devices(config, &console)?;
+        let root = aspace.page_table_root();
+        let mut vcpus = Vec::with_capacity(config.vcpus.count);
+        for id in 0..config.vcpus.count {
+            let cpu = config
+                .vcpus
+                .phys_cpu_affinity
+                .as_ref()
+                .and_then(|a| a.get(id).copied());
+            let (favor, mask) = match cpu {
+                Some(c) => (c, (c < usize::BITS as usize).then(|| 1usize << c)),
+                None => (0, None),
+            };
+            let mut vcpu = AxVCpu::new(id, favor, mask, create_config(id))?;
+            vcpu.setup(
+                boot.entry,
+                root,
+                X86VcpuSetupConfig {
+                    boot: boot.protocol.clone(),
+                },
+            )?;
+            vcpus.push(vcpu);
+        }
+        log::info!(
+            "VM {} `{}`: {} vCPU(s), {} MiB RAM ({:?}), image {:#x}..{:#x}, entry {:#x}, devices: {}",
+            config.id,
+            config.name,
+            vcpus.len(),
+            config.ram_size() >> 20,
+            nested,
+            boot.image_extent.0.as_usize(),
+            boot.image_extent.1.as_usize(),
+            boot.entry.as_usize(),
+            build::describe(&devs.set),
+        );
+        Ok(Self {
+            id: config.id,
+            name: config.name.clone(),
+            config: config.clone(),
+            aspace,
+            devices: devs.set,
+            uart: devs.uart,
+            debug_exits: devs.debug_exits,
+            power_offs: devs.power_offs,
+            console,
+            vcpus,
+            boot,
+            state: VmState::Created,
+            stats: ExitStats::new(),
+        })
+    }
+
+    /// The VM's id (from its configuration).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The VM's name (from its configuration).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Where it is in its lifecycle.
+    pub fn state(&self) -> &VmState {
+        &self.state
+    }
+
+    /// Whether the VM has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, VmState::Stopped(_))
+    }
+
+    /// Stops the VM: no vCPU runs again. The first reason sticks; stopping
+    /// a stopped VM changes nothing.
+    pub fn stop(&mut self, reason: StopReason) {
+        if self.is_stopped() {
+            return;
+        }
+        log::info!("VM {} `{}` stopped: {reason}", self.id, self.name);
+        self.state = VmState::Stopped(reason);
+    }
+
+    /// How the guest was loaded and entered.
+    pub fn boot(&self) -> &BootSetup {
+        &self.boot
+    }
+
+    /// The guest physical address space.
+    pub fn aspace(&self) -> &DynAddrSpace<H> {
+        &self.aspace
+    }
+
+    /// The guest physical address space, mutably (to write guest memory).
+    pub fn aspace_mut(&mut self) -> &mut DynAddrSpace<H> {
+        &mut self.aspace
+    }
+
+    /// The emulated devices.
+    pub fn devices(&self) -> &DeviceSet {
+        &self.devices
+    }
+
+    /// The first 16550 UART, to feed it input
+    /// ([`Uart16550::push_input`]).
+    pub fn serial(&self) -> Option<&Arc<Uart16550>> {
+        self.uart.as_ref()
+    }
+
+    /// Where the guest's serial output goes.
+    pub fn console(&self) -> &Arc<dyn UartBackend> {
+        &self.console
+    }
+
+    /// The number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// vCPU `id`.
+    pub fn vcpu(&self, id: usize) -> Result<&AxVCpu<V>> {
+        self.vcpus.get(id).ok_or(Error::NoSuchVCpu { id })
+    }
+
+    /// vCPU `id`, mutably (to inject an interrupt, bind/unbind it, or reach
+    /// the architecture vCPU).
+    pub fn vcpu_mut(&mut self, id: usize) -> Result<&mut AxVCpu<V>> {
+        self.vcpus.get_mut(id).ok_or(Error::NoSuchVCpu { id })
+    }
+
+    /// The exit counters of the whole VM.
+    pub fn exit_stats(&self) -> &ExitStats {
+        &self.stats
+    }
+
+    /// Sets the exit counters of the VM back to zero.
+    pub fn reset_exit_stats(&mut self) {
+        self.stats.reset();
+    }
+
+    /// Puts a hypercall's result where the guest expects it (RAX) on vCPU
+    /// `id`, after [`VmExit::Hypercall`].
+    pub fn set_hypercall_result(&mut self, id: usize, value: u64) -> Result {
+        self.vcpu_mut(id)?.set_return_value(value);
+        Ok(())
+    }
+
+    /// Runs vCPU `id` on the current physical CPU until an exit the VM
+    /// cannot settle, and returns it.
+    ///
+    /// A vCPU that is not bound is bound to the current CPU first (it stays
+    /// bound; [`AxVCpu::unbind`] through [`vcpu_mut`](Self::vcpu_mut)
+    /// before moving it). Settled here, in a loop:
+    ///
+    /// - port I/O: routed to the device set. A read no device claims gives
+    ///   all ones of its width, a write no device claims is ignored; both
+    ///   are logged (debug) and counted. After each write the debug-exit and
+    ///   power-off devices are polled ([`VmExit::DebugExit`],
+    ///   [`VmExit::PowerOff`]).
+    /// - MSRs the vCPU hands up: routed to the device set. An unclaimed
+    ///   `RDMSR` reads 0 and an unclaimed `WRMSR` is ignored, with a log
+    ///   line (the vCPU owns the architectural MSRs such as EFER; this is
+    ///   lenient where hardware would raise #GP).
+    /// - nested page faults: on an MMIO device's page the instruction is
+    ///   fetched through the guest's page tables, decoded, and emulated
+    ///   against the device; on lazily allocated RAM the page is allocated;
+    ///   anywhere else the guest touched memory it does not have
+    ///   ([`VmExit::BadAccess`]). An MMIO instruction the decoder does not
+    ///   handle gives [`VmExit::Unhandled`].
+    /// - interrupt-window and "nothing" exits: run again.
+    ///
+    /// Exits that end the VM ([`VmExit::stops_vm`]) stop it. Errors are the
+    /// hypervisor's own failures (a vCPU operation, host memory exhausted);
+    /// they stop the VM too. A stopped VM gives [`Error::Stopped`].
+    pub fn run_vcpu(&mut self, id: usize) -> Result<VmExit> {
+        if let VmState::Stopped(reason) = &self.state {
+            return Err(Error::Stopped {
+                id: self.id,
+                reason: format!("{reason}"),
+            });
+        }
+        if id >= self.vcpus.len() {
+            return Err(Error::NoSuchVCpu { id });
+        }
+        self.state = VmState::Running;
+        match self.run_loop(id) {
+            Ok(exit) => {
+                if exit.stops_vm() {
+                    self.stop(StopReason::Guest(exit.clone()));
+                }
+                Ok(exit)
+            }
+            Err(e) => {
+                self.stop(StopReason::Failed(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    fn run_loop(&mut self, id: usize) -> Result<VmExit> {
+        if self.vcpus[id].state() == VCpuState::Free {
+            self.vcpus[id].bind()?;
+        }
+        loop {
+            let exit = self.vcpus[id].run()?;
+            self.stats.exits.record(&exit);
+            if let Some(out) = self.settle(id, exit)? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Linear address of vCPU `id`'s current instruction.
+    fn rip(&self, id: usize) -> u64 {
+        self.vcpus[id].arch_vcpu().guest_code_location().linear_rip
+    }
+
+    /// Settles `exit` of vCPU `id`, or says what to return.
+    fn settle(&mut self, id: usize, exit: AxVCpuExitReason) -> Result<Option<VmExit>> {
+        use AxVCpuExitReason as E;
+        Ok(match exit {
+            E::IoRead { port, width } => {
+                let value = self.port_read(port, width);
+                self.vcpus[id].set_io_result(width, value)?;
+                None
+            }
+            E::IoWrite { port, width, data } => {
+                self.port_write(port, width, data);
+                self.poll_power_devices()
+            }
+            E::MsrRead { msr } => {
+                let value = self.msr_read(msr);
+                self.vcpus[id].set_msr_result(value)?;
+                None
+            }
+            E::MsrWrite { msr, value } => {
+                self.msr_write(msr, value);
+                None
+            }
+            E::MmioRead { .. } | E::MmioWrite { .. } => self.complete_mmio(id, exit)?,
+            E::NestedPageFault { addr, access_flags } => {
+                self.nested_page_fault(id, addr, access_flags)?
+            }
+            E::Hypercall { nr, args } => Some(VmExit::Hypercall { nr, args }),
+            E::Halt => Some(VmExit::Halt),
+            E::ExternalInterrupt { vector } => Some(VmExit::ExternalInterrupt { vector }),
+            E::InterruptWindow | E::Nothing => None,
+            E::CpuUp {
+                target_cpu,
+                entry_point,
+                arg,
+            } => Some(VmExit::CpuUp {
+                target_cpu,
+                entry_point,
+                arg,
+            }),
+            E::CpuDown { state } => Some(VmExit::CpuDown { state }),
+            E::SystemDown => Some(VmExit::PowerOff),
+            E::Shutdown => Some(VmExit::Shutdown),
+            E::TripleFault => Some(VmExit::TripleFault { rip: self.rip(id) }),
+            E::FailEntry {
+                hardware_entry_failure_reason,
+            } => Some(VmExit::FailEntry {
+                hardware_entry_failure_reason,
+            }),
+            other => Some(VmExit::Unhandled {
+                reason: format!("vCPU exit {} is not handled by the VM", other.name()),
+                rip: self.rip(id),
+            }),
+        })
+    }
+
+    fn port_read(&mut self, port: u16, width: AccessWidth) -> u64 {
+        match self.devices.handle_port_read(port, width) {
+            Ok(v) => v,
+            Err(axdevice::Error::Unclaimed { .. }) => {
+                self.stats.unclaimed_port_reads += 1;
+                log::debug!(
+                    "VM {}: in from unclaimed port {port:#x} ({} bytes): all ones",
+                    self.id,
+                    width.size()
+                );
+                width.mask()
+            }
+            Err(e) => {
+                self.stats.device_errors += 1;
+                log::warn!("VM {}: in from port {port:#x}: {e}; all ones", self.id);
+                width.mask()
+            }
+        }
+    }
+
+    fn port_write(&mut self, port: u16, width: AccessWidth, data: u64) {
+        match self.devices.handle_port_write(port, width, data) {
+            Ok(()) => {}
+            Err(axdevice::Error::Unclaimed { .. }) => {
+                self.stats.unclaimed_port_writes += 1;
+                log::debug!(
+                    "VM {}: out {data:#x} to unclaimed port {port:#x} ({} bytes): ignored",
+                    self.id,
+                    width.size()
+                );
+            }
+            Err(e) => {
+                self.stats.device_errors += 1;
+                log::warn!("VM {}: out to port {port:#x}: {e}; ignored", self.id);
+            }
+        }
+    }
+
+    fn msr_read(&mut self, msr: u32) -> u64 {
+        match self.devices.handle_msr_read(msr) {
+            Ok(v) => v,
+            Err(axdevice::Error::Unclaimed { .. }) => {
+                self.stats.unclaimed_msr_reads += 1;
+                log::info!("VM {}: rdmsr of unhandled MSR {msr:#x}: 0", self.id);
+                0
+            }
+            Err(e) => {
+                self.stats.device_errors += 1;
+                log::warn!("VM {}: rdmsr {msr:#x}: {e}; 0", self.id);
+                0
+            }
+        }
+    }
+
+    fn msr_write(&mut self, msr: u32, value: u64) {
+        match self.devices.handle_msr_write(msr, value) {
+            Ok(()) => {}
+            Err(axdevice::Error::Unclaimed { .. }) => {
+                self.stats.unclaimed_msr_writes += 1;
+                log::info!(
+                    "VM {}: wrmsr {value:#x} to unhandled MSR {msr:#x}: ignored",
+                    self.id
+                );
+            }
+            Err(e) => {
+                self.stats.device_errors += 1;
+                log::warn!("VM {}: wrmsr {msr:#x}: {e}; ignored", self.id);
+            }
+        }
+    }
+
+    /// A debug-exit or power-off request, if a device has one.
+    fn poll_power_devices(&self) -> Option<VmExit> {
+        for d in &self.debug_exits {
+            if let Some(status) = d.take_exit_request() {
+                return Some(VmExit::DebugExit {
+                    code: status >> 1,
+                    status,
+                });
+            }
+        }
+        for p in &self.power_offs {
+            if let Some(sleep_type) = p.take_sleep_request() {
+                log::info!(
+                    "VM {}: ACPI sleep type {sleep_type} requested: power off",
+                    self.id
+                );
+                return Some(VmExit::PowerOff);
+            }
+        }
+        None
+    }
+
+    fn nested_page_fault(
+        &mut self,
+        id: usize,
+        gpa: GuestPhysAddr,
+        access: MappingFlags,
+    ) -> Result<Option<VmExit>> {
+        if self.devices.find_mmio(gpa).is_some() && !access.contains(MappingFlags::EXECUTE) {
+            return self.emulate_mmio(id, gpa);
+        }
+        if self.aspace.find_area(gpa).is_some() {
+            if self.aspace.handle_page_fault(gpa, access)? {
+                self.stats.lazy_page_faults += 1;
+                return Ok(None);
+            }
+            // Mapped meanwhile with the rights the access needs: retry.
+            let wanted =
+                access & (MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE);
+            if let Ok((_, flags, _)) = self.aspace.query(gpa) {
+                if !wanted.is_empty() && flags.contains(wanted) {
+                    self.stats.spurious_page_faults += 1;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(VmExit::BadAccess {
+            gpa,
+            rip: self.rip(id),
+            access,
+        }))
+    }
+
+    /// Fetches, decodes and emulates the instruction of vCPU `id` that
+    /// touched device memory at `gpa`.
+    fn emulate_mmio(&mut self, id: usize, gpa: GuestPhysAddr) -> Result<Option<VmExit>> {
+        let loc = self.vcpus[id].arch_vcpu().guest_code_location();
+        let (bytes, len) = match fetch_code(&self.aspace, &loc) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Some(VmExit::Unhandled {
+                    reason: format!(
+                        "MMIO access to {:#x}: cannot fetch the instruction: {e}",
+                        gpa.as_usize()
+                    ),
+                    rip: loc.linear_rip,
+                }));
+            }
+        };
+        match self.vcpus[id]
+            .arch_vcpu_mut()
+            .decode_mmio(gpa, &bytes[..len])
+        {
+            Ok(exit) => self.complete_mmio(id, exit),
+            Err(e) => Ok(Some(VmExit::Unhandled {
+                reason: format!(
+                    "MMIO access to {:#x} by instruction {:02x?}: {e}",
+                    gpa.as_usize(),
+                    &bytes[..len]
+                ),
+                rip: loc.linear_rip,
+            })),
+        }
+    }
+
+    /// Emulates a decoded MMIO access against the device set.
+    fn complete_mmio(&mut self, id: usize, exit: AxVCpuExitReason) -> Result<Option<VmExit>> {
+        match exit {
+            AxVCpuExitReason::MmioRead {
+                addr,
+                width,
+                reg,
+                reg_width,
+                signed_ext,
+            } => {
+                self.stats.mmio_reads += 1;
+                let value = match self.devices.handle_mmio_read(addr, width) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.stats.device_errors += 1;
+                        log::warn!("VM {}: MMIO read: {e}; all ones", self.id);
+                        width.mask()
+                    }
+                };
+                self.vcpus[id].set_mmio_read_result(reg, width, reg_width, signed_ext, value)?;
+                Ok(None)
+            }
+            AxVCpuExitReason::MmioWrite { addr, width, data } => {
+                self.stats.mmio_writes += 1;
+                if let Err(e) = self.devices.handle_mmio_write(addr, width, data) {
+                    self.stats.device_errors += 1;
+                    log::warn!("VM {}: MMIO write: {e}; ignored", self.id);
+                }
+                Ok(None)
+            }
+            other => Ok(Some(VmExit::Unhandled {
+                reason: format!("MMIO decode gave exit {}", other.name()),
+                rip: self.rip(id),
+            })),
+        }
+    }
+}
+
+impl<V, H> core::fmt::Debug for Vm<V, H>
+where
+    V: AxArchVCpu<SetupConfig = X86VcpuSetupConfig> + X86VcpuExt,
+    H: AxMmHal,
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .field("vcpus", &self.vcpus.len())
+            .field("boot", &self.boot)
+            .finish_non_exhaustive()
+    }
+}
