@@ -82,16 +82,16 @@ mod tests {
 
     #[test]
     fn crash_switch() {
-        assert_eq!(CrashTest::from_cmdline("/boot/hv-app log=debug"), Ok(None));
-        assert_eq!(
+        assert_res_eq!(CrashTest::from_cmdline("/boot/hv-app log=debug"), Ok(None));
+        assert_res_eq!(
             CrashTest::from_cmdline("/boot/hv-app crash=ud"),
             Ok(Some(CrashTest::InvalidOpcode))
         );
-        assert_eq!(
+        assert_res_eq!(
             CrashTest::from_cmdline("crash=pf"),
             Ok(Some(CrashTest::PageFault))
         );
-        assert_eq!(
+        assert_res_eq!(
             CrashTest::from_cmdline("crash=boom"),
             Err(Error::UnknownCrashTest)
         );
@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(CrashTest::PageFault.vector(), 14);
         for (word, kind) in CrashTest::ALL {
             let line = format!("crash={word}");
-            assert_eq!(CrashTest::from_cmdline(&line), Ok(Some(kind)));
+            assert_res_eq!(CrashTest::from_cmdline(&line), Ok(Some(kind)));
             let info = crate::exception::exception_info(kind.vector().into()).unwrap();
             assert_eq!(info.mnemonic[1..].to_ascii_lowercase(), word);
         }

@@ -118,3 +118,11 @@ pub unsafe fn load_idt(idt: &DescriptorTablePointer) {
     // SAFETY: the caller's contract.
     unsafe { asm!("lidt [{0}]", in(reg) idt, options(readonly, nostack, preserves_flags)) };
 }
+
+/// The task register's selector (`str`).
+pub fn task_register() -> u16 {
+    let tr: u16;
+    // SAFETY: `str` only reads the task register.
+    unsafe { asm!("str {0:x}", out(reg) tr, options(nomem, nostack, preserves_flags)) };
+    tr
+}

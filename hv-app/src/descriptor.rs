@@ -238,11 +238,11 @@ mod tests {
 
     #[test]
     fn bad_gate_arguments_are_errors() {
-        assert_eq!(
+        assert_res_eq!(
             idt_gate(GateType::Interrupt, 0, 8, 8, 0),
             Err(Error::InvalidGate("IST index above 7"))
         );
-        assert_eq!(
+        assert_res_eq!(
             idt_gate(GateType::Interrupt, 0, 8, 0, 4),
             Err(Error::InvalidGate("DPL above 3"))
         );

@@ -171,11 +171,13 @@ impl<'a> FrameAllocator<'a> {
         if addr % FRAME_SIZE != 0 {
             return Err(Error::MisalignedFrame(addr));
         }
-        let out_of_range = Error::FrameOutOfRange { addr, count };
-        let len = (count as u64).checked_mul(FRAME_SIZE).ok_or(out_of_range)?;
-        let run = PhysRange::with_len(addr, len).map_err(|_| out_of_range)?;
+        let out_of_range = || Error::FrameOutOfRange { addr, count };
+        let len = (count as u64)
+            .checked_mul(FRAME_SIZE)
+            .ok_or_else(out_of_range)?;
+        let run = PhysRange::with_len(addr, len).map_err(|_| out_of_range())?;
         if count == 0 || !self.usable.contains(&run) {
-            return Err(out_of_range);
+            return Err(out_of_range());
         }
         let first = addr / FRAME_SIZE - self.base_pfn;
         let count = count as u64;
@@ -223,7 +225,7 @@ mod tests {
         // Span 4 MiB = 1024 frames = 16 words.
         assert_eq!(FrameAllocator::bitmap_words(&usable), 16);
         let mut small = [0u64; 15];
-        assert_eq!(
+        assert_res_eq!(
             FrameAllocator::new(&mut small, usable).err(),
             Some(Error::BitmapTooSmall {
                 needed: 16,
@@ -232,7 +234,7 @@ mod tests {
         );
         let mut bm = [0u64; 1];
         let bad = ranges(&[(0x1800, 0x3000)]);
-        assert_eq!(
+        assert_res_eq!(
             FrameAllocator::new(&mut bm, bad).err(),
             Some(Error::BadRange {
                 start: 0x1800,
@@ -315,9 +317,9 @@ mod tests {
     fn bad_frees_are_errors_and_change_nothing() {
         with(&[(MIB, 2 * MIB), (3 * MIB, 4 * MIB)], |fa| {
             let a = fa.alloc(2, 1).unwrap();
-            assert_eq!(fa.dealloc(a + 1, 1), Err(Error::MisalignedFrame(a + 1)));
+            assert_res_eq!(fa.dealloc(a + 1, 1), Err(Error::MisalignedFrame(a + 1)));
             // In the hole between the ranges (marked used, never usable).
-            assert_eq!(
+            assert_res_eq!(
                 fa.dealloc(2 * MIB, 1),
                 Err(Error::FrameOutOfRange {
                     addr: 2 * MIB,
@@ -325,22 +327,22 @@ mod tests {
                 })
             );
             // Straddling the end of a range.
-            assert_eq!(
+            assert_res_eq!(
                 fa.dealloc(2 * MIB - 0x1000, 2),
                 Err(Error::FrameOutOfRange {
                     addr: 2 * MIB - 0x1000,
                     count: 2
                 })
             );
-            assert_eq!(
+            assert_res_eq!(
                 fa.dealloc(a, 0),
                 Err(Error::FrameOutOfRange { addr: a, count: 0 })
             );
             // Double free, also partially: nothing is freed.
-            assert_eq!(fa.dealloc(a, 3), Err(Error::FrameNotAllocated(a + 0x2000)));
+            assert_res_eq!(fa.dealloc(a, 3), Err(Error::FrameNotAllocated(a + 0x2000)));
             assert_eq!(fa.free_frames(), 510);
             fa.dealloc(a, 2).unwrap();
-            assert_eq!(fa.dealloc(a, 1), Err(Error::FrameNotAllocated(a)));
+            assert_res_eq!(fa.dealloc(a, 1), Err(Error::FrameNotAllocated(a)));
             assert_eq!(fa.free_frames(), 512);
             assert!(fa.dealloc(!0xfff, usize::MAX).is_err());
         });

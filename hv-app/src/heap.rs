@@ -78,11 +78,13 @@ impl Heap {
         if self.end != 0 {
             return Err(Error::HeapAlreadyInitialized);
         }
-        let too_small = Error::HeapTooSmall { size };
-        let first = start.checked_next_multiple_of(GRANULE).ok_or(too_small)?;
-        let end = start.checked_add(size).ok_or(too_small)? & !(GRANULE - 1);
+        let too_small = || Error::HeapTooSmall { size };
+        let first = start
+            .checked_next_multiple_of(GRANULE)
+            .ok_or_else(too_small)?;
+        let end = start.checked_add(size).ok_or_else(too_small)? & !(GRANULE - 1);
         if end <= first {
-            return Err(too_small);
+            return Err(too_small());
         }
         let block = first as *mut FreeBlock;
         // SAFETY: `block` is 16-byte aligned and the whole granule-sized
@@ -183,11 +185,11 @@ impl Heap {
     /// and is not used afterwards.
     pub unsafe fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result {
         let addr = ptr.as_ptr() as usize;
-        let bad = Error::BadFree { addr };
-        let size = block_size(&layout).ok_or(bad)?;
-        let end = addr.checked_add(size).ok_or(bad)?;
+        let bad = || Error::BadFree { addr };
+        let size = block_size(&layout).ok_or_else(bad)?;
+        let end = addr.checked_add(size).ok_or_else(bad)?;
         if addr % GRANULE != 0 || addr < self.start || end > self.end {
-            return Err(bad);
+            return Err(bad());
         }
         // Find the free blocks around `addr`.
         let mut prev: Option<NonNull<FreeBlock>> = None;
@@ -203,7 +205,7 @@ impl Heap {
         // SAFETY (both reads): list nodes are headers inside the region.
         let prev_end = prev.map(|p| p.as_ptr() as usize + unsafe { (*p.as_ptr()).size });
         if prev_end.is_some_and(|e| e > addr) || next.is_some_and(|n| (n.as_ptr() as usize) < end) {
-            return Err(bad);
+            return Err(bad());
         }
         let block = ptr.cast::<FreeBlock>();
         let mut block_size = size;
@@ -324,13 +326,13 @@ mod tests {
             }
         );
         // SAFETY: never reached: refused before use.
-        assert_eq!(
+        assert_res_eq!(
             unsafe { h.init(start, 128) },
             Err(Error::HeapAlreadyInitialized)
         );
         let mut e = Heap::empty();
         // SAFETY: refused before use.
-        assert_eq!(
+        assert_res_eq!(
             unsafe { e.init(start + 1, 20) },
             Err(Error::HeapTooSmall { size: 20 })
         );
@@ -427,7 +429,7 @@ mod tests {
         unsafe {
             h.dealloc(a, l(32, 16)).unwrap();
             // Double free.
-            assert_eq!(h.dealloc(a, l(32, 16)), Err(Error::BadFree { addr }));
+            assert_res_eq!(h.dealloc(a, l(32, 16)), Err(Error::BadFree { addr }));
             // Outside the heap, unaligned.
             let outside = NonNull::new((start + 4096) as *mut u8).unwrap();
             assert!(h.dealloc(outside, l(16, 16)).is_err());

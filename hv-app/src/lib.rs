@@ -3,10 +3,32 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+extern crate alloc;
+
+/// `assert_eq!` for values holding an [`Error`], which has no `PartialEq`
+/// (it wraps errors of other crates that have none): compares the `Debug`
+/// forms, which spell out every variant and field.
+#[cfg(test)]
+macro_rules! assert_res_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        // `match` keeps temporaries alive, as `assert_eq!` does; the array
+        // makes both sides one type (which also drives inference).
+        match (&$left, &$right) {
+            (left, right) => {
+                let _same_type = [left, right];
+                assert_eq!(std::format!("{left:?}"), std::format!("{right:?}"))
+            }
+        }
+    };
+}
+
+pub mod bringup;
 pub mod cmdline;
 pub mod descriptor;
 pub mod exception;
 pub mod frame;
+pub mod guest_console;
+pub mod guest_memory;
 pub mod heap;
 pub mod logfmt;
 pub mod memory;
@@ -14,9 +36,14 @@ pub mod multiboot;
 pub mod percpu;
 pub mod port;
 pub mod uart16550;
+pub mod vm_modules;
 
 /// Errors of the hv-app logic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+///
+/// Errors of the crates hv-app composes keep their own type as a variant
+/// ([`Error::VmConfig`], [`Error::Loader`], [`Error::AddrSpace`],
+/// [`Error::VCpu`]).
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The loader's EAX is not the Multiboot v1 loader magic `0x2BADB002`.
     #[error("bad multiboot loader magic {0:#x} (expected 0x2badb002)")]
@@ -151,6 +178,30 @@ pub enum Error {
     /// `crash=` names no [`cmdline::CrashTest`].
     #[error("unknown crash= test (expected de, bp, ud, gp, pf or df)")]
     UnknownCrashTest,
+    /// A boot module tagged as a VM part has no partner
+    /// (see [`vm_modules::pair_vm_modules`]).
+    #[error("boot module {index} {problem}")]
+    UnpairedVmModule {
+        /// Index of the module in the loader's list.
+        index: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A VM configuration module cannot be decoded or is invalid.
+    #[error("VM configuration: {0}")]
+    VmConfig(#[from] axvmconfig::Error),
+    /// A guest image cannot be loaded.
+    #[error("guest image: {0}")]
+    Loader(#[from] axvm::Error),
+    /// The guest physical address space failed.
+    #[error("guest address space: {0}")]
+    AddrSpace(#[from] axaddrspace::Error),
+    /// Virtualization or a vCPU operation failed.
+    #[error("vCPU: {0}")]
+    VCpu(#[from] axvcpu::Error),
+    /// A configuration asks for something hv-app cannot do yet.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Result type of the hv-app logic.

@@ -23,6 +23,8 @@ mod entry;
 #[cfg(target_os = "none")]
 mod gdt;
 #[cfg(target_os = "none")]
+mod hal;
+#[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
 mod panic;
@@ -32,6 +34,8 @@ mod phys;
 mod pio;
 #[cfg(target_os = "none")]
 mod trap;
+#[cfg(target_os = "none")]
+mod vmm;
 
 /// The common main of every boot entry: `magic` and `info_addr` are the
 /// Multiboot loader's EAX and EBX.
@@ -112,8 +116,25 @@ fn hv_main(magic: u32, info_addr: u32) -> ! {
         Err(e) => log::warn!("ignoring the crash= switch: {e}"),
     }
 
-    log::info!("axhv: no VMs configured yet (issue #3), powering off");
-    pio::power_off(ExitCode::Success)
+    let vms = match vmm::find_vms(&boot, &mem) {
+        Ok(vms) => vms,
+        Err(e) => {
+            log::error!("boot modules: {e}");
+            pio::power_off(ExitCode::Failure);
+        }
+    };
+    if vms.is_empty() {
+        log::info!("axhv: no VMs configured (no vmcfg/vmimage boot modules), powering off");
+        pio::power_off(ExitCode::Success)
+    }
+    log::info!("{} VM(s) in the boot modules", vms.len());
+    match vmm::run_all(&vms) {
+        Some(status) => {
+            log::info!("axhv: all VMs ended, powering off with status {status}");
+            pio::power_off_with(status)
+        }
+        None => pio::power_off(ExitCode::Failure),
+    }
 }
 
 /// Allocates and frees frames (single, the SVM IOPM and MSRPM sizes, a

@@ -382,7 +382,7 @@ mod tests {
         // Empty ranges change nothing; reversed ones are errors.
         s.insert(r(0x20000, 0x20000)).unwrap();
         assert_eq!(s.len(), 1);
-        assert_eq!(
+        assert_res_eq!(
             s.insert(PhysRange { start: 2, end: 1 }),
             Err(Error::BadRange { start: 2, end: 1 })
         );
@@ -413,11 +413,11 @@ mod tests {
     #[test]
     fn capacity_overflow_is_an_error_and_keeps_the_set() {
         let mut s = set::<2>(&[(0x1000, 0x2000), (0x4000, 0x8000)]);
-        assert_eq!(
+        assert_res_eq!(
             s.insert(r(0x10000, 0x11000)),
             Err(Error::TooManyRanges { capacity: 2 })
         );
-        assert_eq!(
+        assert_res_eq!(
             s.remove(r(0x5000, 0x6000)),
             Err(Error::TooManyRanges { capacity: 2 })
         );
@@ -432,7 +432,7 @@ mod tests {
         let mut s = set::<8>(&[(0x1001, 0x3fff), (0x5000, 0x5800), (0x8800, 0xa000)]);
         s.align_inward(FRAME_SIZE).unwrap();
         assert_eq!(pairs(&s), [(0x2000, 0x3000), (0x9000, 0xa000)]);
-        assert_eq!(s.align_inward(3), Err(Error::BadAlignment(3)));
+        assert_res_eq!(s.align_inward(3), Err(Error::BadAlignment(3)));
         let mut top = set::<2>(&[(u64::MAX - 10, u64::MAX)]);
         top.align_inward(FRAME_SIZE).unwrap();
         assert!(top.is_empty());
@@ -442,19 +442,19 @@ mod tests {
     fn take_finds_the_lowest_aligned_room() {
         let mut s = set::<8>(&[(0x1000, 0x3000), (0x5000, 0x20000)]);
         // 0x3000 bytes do not fit the first range.
-        assert_eq!(s.take(0x3000, 0x1000), Ok(0x5000));
+        assert_res_eq!(s.take(0x3000, 0x1000), Ok(0x5000));
         assert_eq!(pairs(&s), [(0x1000, 0x3000), (0x8000, 0x20000)]);
         // 64 KiB alignment: 0x10000 in the second range, splitting it.
-        assert_eq!(s.take(0x1000, 0x10000), Ok(0x10000));
+        assert_res_eq!(s.take(0x1000, 0x10000), Ok(0x10000));
         assert_eq!(
             pairs(&s),
             [(0x1000, 0x3000), (0x8000, 0x10000), (0x11000, 0x20000)]
         );
-        assert_eq!(
+        assert_res_eq!(
             s.take(0x100000, 0x1000),
             Err(Error::OutOfMemory { bytes: 0x100000 })
         );
-        assert_eq!(s.take(0x1000, 0x3000), Err(Error::BadAlignment(0x3000)));
+        assert_res_eq!(s.take(0x1000, 0x3000), Err(Error::BadAlignment(0x3000)));
     }
 
     fn region(base: u64, length: u64, kind: u32) -> Result<MemoryRegion> {
@@ -533,7 +533,7 @@ mod tests {
                 size: 0,
             }),
         ];
-        assert_eq!(
+        assert_res_eq!(
             usable_ranges::<_, 8>(map, &[], u64::MAX),
             Err(Error::BadMemoryMapEntry {
                 addr: 0x9000,

@@ -206,14 +206,14 @@ impl<'a> SliceReader<'a> {
 
 impl PhysReader for SliceReader<'_> {
     fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<()> {
-        let oob = Error::OutOfBounds {
+        let oob = || Error::OutOfBounds {
             addr: paddr,
             len: buf.len() as u64,
         };
-        let start = paddr.checked_sub(self.base).ok_or(oob)?;
-        let start = usize::try_from(start).map_err(|_| oob)?;
-        let end = start.checked_add(buf.len()).ok_or(oob)?;
-        let src = self.bytes.get(start..end).ok_or(oob)?;
+        let start = paddr.checked_sub(self.base).ok_or_else(oob)?;
+        let start = usize::try_from(start).map_err(|_| oob())?;
+        let end = start.checked_add(buf.len()).ok_or_else(oob)?;
+        let src = self.bytes.get(start..end).ok_or_else(oob)?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -805,13 +805,13 @@ mod tests {
         fields[2] = header_checksum(0);
         // At 8192: outside the window.
         let img = header_image(fields, 8192, 9000);
-        assert_eq!(find_header(&img), Err(Error::HeaderNotFound));
+        assert_res_eq!(find_header(&img), Err(Error::HeaderNotFound));
         // At 8180: the 12 bytes end at 8192, inside.
         let img = header_image(fields, 8180, 9000);
         assert_eq!(find_header(&img).unwrap().offset, 8180);
         // Unaligned: not found.
         let img = header_image(fields, 102, 1000);
-        assert_eq!(find_header(&img), Err(Error::HeaderNotFound));
+        assert_res_eq!(find_header(&img), Err(Error::HeaderNotFound));
     }
 
     #[test]
@@ -819,7 +819,7 @@ mod tests {
         let mut fields = hv_header(0x10_0000, 0x10_3000, 0, 0x10_0000);
         fields[2] ^= 1;
         let img = header_image(fields, 0, 0x4000);
-        assert_eq!(find_header(&img), Err(Error::HeaderNotFound));
+        assert_res_eq!(find_header(&img), Err(Error::HeaderNotFound));
     }
 
     #[test]
@@ -899,7 +899,7 @@ mod tests {
         let mods: Vec<_> = info.modules(&r).collect::<Result<_>>().unwrap();
         assert_eq!(mods.len(), 1);
         assert_eq!(mods[0].len(), 0x1234);
-        assert_eq!(
+        assert_res_eq!(
             read_c_str(&r, u64::from(mods[0].string_addr), &mut buf),
             Ok("qemu")
         );
@@ -914,13 +914,13 @@ mod tests {
         assert_eq!(info.memory, None);
         assert_eq!(info.memory_map(&r).count(), 0);
         assert_eq!(info.modules(&r).count(), 0);
-        assert_eq!(info.cmdline(&r, &mut [0; 8]), Ok(None));
+        assert_res_eq!(info.cmdline(&r, &mut [0; 8]), Ok(None));
     }
 
     #[test]
     fn bad_magic_is_rejected() {
         let m = qemu_like();
-        assert_eq!(
+        assert_res_eq!(
             BootInfo::parse(&m.reader(), 0x1BADB002, INFO),
             Err(Error::BadMagic(0x1BADB002))
         );
@@ -931,7 +931,7 @@ mod tests {
         let m = qemu_like();
         let r = m.reader();
         // Below the memory.
-        assert_eq!(
+        assert_res_eq!(
             BootInfo::parse(&r, BOOTLOADER_MAGIC, 0x1000),
             Err(Error::OutOfBounds {
                 addr: 0x1000,
@@ -942,7 +942,7 @@ mod tests {
         let end = BASE + 0x400;
         let mut tail = Mem::new(0x400);
         tail.u32(end - 8, 0x1);
-        assert_eq!(
+        assert_res_eq!(
             BootInfo::parse(&tail.reader(), BOOTLOADER_MAGIC, end - 8),
             Err(Error::OutOfBounds { addr: end, len: 4 })
         );
@@ -957,13 +957,13 @@ mod tests {
     fn oversized_tables_are_rejected() {
         let mut m = qemu_like();
         m.u32(INFO + 20, MAX_MODULES + 1);
-        assert_eq!(
+        assert_res_eq!(
             BootInfo::parse(&m.reader(), BOOTLOADER_MAGIC, INFO),
             Err(Error::TooManyModules(257))
         );
         let mut m = qemu_like();
         m.u32(INFO + 44, u32::MAX);
-        assert_eq!(
+        assert_res_eq!(
             BootInfo::parse(&m.reader(), BOOTLOADER_MAGIC, INFO),
             Err(Error::MemoryMapTooLong(u32::MAX))
         );
@@ -978,14 +978,14 @@ mod tests {
         let got: Vec<_> = info.memory_map(&r).collect();
         assert_eq!(got.len(), 2);
         assert!(got[0].is_ok());
-        assert_eq!(
+        assert_res_eq!(
             got[1],
             Err(Error::BadMemoryMapEntry {
                 addr: MMAP + 24,
                 size: 0
             })
         );
-        assert_eq!(
+        assert_res_eq!(
             summarize(info.memory_map(&r)),
             Err(Error::BadMemoryMapEntry {
                 addr: MMAP + 24,
@@ -1002,7 +1002,7 @@ mod tests {
         let info = BootInfo::parse(&r, BOOTLOADER_MAGIC, INFO).unwrap();
         let got: Vec<_> = info.memory_map(&r).collect();
         assert_eq!(got.len(), 2);
-        assert_eq!(
+        assert_res_eq!(
             got[1],
             Err(Error::BadMemoryMapEntry {
                 addr: MMAP + 24,
@@ -1036,7 +1036,7 @@ mod tests {
         m.u64(MMAP + 4, u64::MAX - 0xff);
         let r = m.reader();
         let info = BootInfo::parse(&r, BOOTLOADER_MAGIC, INFO).unwrap();
-        assert_eq!(
+        assert_res_eq!(
             info.memory_map(&r).next(),
             Some(Err(Error::RegionOverflow {
                 base: u64::MAX - 0xff,
@@ -1051,7 +1051,7 @@ mod tests {
         m.u32(MODS + 4, 0x1f_0000);
         let r = m.reader();
         let info = BootInfo::parse(&r, BOOTLOADER_MAGIC, INFO).unwrap();
-        assert_eq!(
+        assert_res_eq!(
             info.modules(&r).next(),
             Some(Err(Error::BadModule {
                 index: 0,
@@ -1067,27 +1067,27 @@ mod tests {
         let r = m.reader();
         let info = BootInfo::parse(&r, BOOTLOADER_MAGIC, INFO).unwrap();
         // 22 characters do not fit a 22-byte buffer together with the NUL.
-        assert_eq!(
+        assert_res_eq!(
             info.cmdline(&r, &mut [0; 22]),
             Err(Error::StringTooLong {
                 addr: CMDLINE,
                 max: 22
             })
         );
-        assert_eq!(
+        assert_res_eq!(
             info.cmdline(&r, &mut [0; 23]),
             Ok(Some("/boot/hv-app log=debug"))
         );
         m.put(NAME, &[0xff, 0xfe, 0]);
         let r = m.reader();
-        assert_eq!(
+        assert_res_eq!(
             info.boot_loader_name(&r, &mut [0; 8]),
             Err(Error::InvalidUtf8 { addr: NAME })
         );
         // A string running off the end of memory.
         m.put(BASE + 0x3fc, b"abcd");
         let r = m.reader();
-        assert_eq!(
+        assert_res_eq!(
             read_c_str(&r, BASE + 0x3fc, &mut [0; 16]),
             Err(Error::OutOfBounds {
                 addr: BASE + 0x400,

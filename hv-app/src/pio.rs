@@ -3,7 +3,7 @@
 
 use core::arch::asm;
 
-use hv_app::port::{ExitCode, PortIo, request_power_off};
+use hv_app::port::{ExitCode, PortIo, request_power_off, request_power_off_with};
 
 /// Port I/O through `in`/`out` instructions.
 #[derive(Debug)]
@@ -87,5 +87,14 @@ pub fn power_off(code: ExitCode) -> ! {
     // ports are emulator devices for exactly this, and unused on a PC.
     let mut io = unsafe { Pio::new() };
     request_power_off(&mut io, code);
+    halt_forever()
+}
+
+/// Ends the run with a raw debug-exit `value` (a guest's exit status),
+/// like [`power_off`].
+pub fn power_off_with(value: u32) -> ! {
+    // SAFETY: as in `power_off`.
+    let mut io = unsafe { Pio::new() };
+    request_power_off_with(&mut io, value);
     halt_forever()
 }

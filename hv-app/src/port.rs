@@ -45,6 +45,11 @@ pub enum ExitCode {
     /// A CPU exception reached hv-app's handler, which printed its report
     /// (QEMU status 9).
     Exception = 4,
+    /// The hypervisor stopped the last VM (triple fault, access outside its
+    /// memory, failed entry) instead of the guest ending its own run (QEMU
+    /// status 11). A guest that exits on its own passes its status through
+    /// instead, so a guest writing 5 cannot be told apart from this.
+    VmStopped = 5,
 }
 
 impl ExitCode {
@@ -60,7 +65,13 @@ impl ExitCode {
 /// machine with neither device both writes go to unused ports and the
 /// caller must halt.
 pub fn request_power_off<P: PortIo + ?Sized>(io: &mut P, code: ExitCode) {
-    io.outl(QEMU_DEBUG_EXIT_PORT, code as u32);
+    request_power_off_with(io, code as u32);
+}
+
+/// [`request_power_off`] with a raw `value` for the debug-exit port, such
+/// as a guest's own exit status (QEMU then exits with `(value << 1) | 1`).
+pub fn request_power_off_with<P: PortIo + ?Sized>(io: &mut P, value: u32) {
+    io.outl(QEMU_DEBUG_EXIT_PORT, value);
     for &b in b"Shutdown" {
         io.outb(BOCHS_SHUTDOWN_PORT, b);
     }
@@ -143,6 +154,7 @@ mod tests {
         assert_eq!(ExitCode::BadBootMagic.qemu_status(), 5);
         assert_eq!(ExitCode::NoLongMode.qemu_status(), 7);
         assert_eq!(ExitCode::Exception.qemu_status(), 9);
+        assert_eq!(ExitCode::VmStopped.qemu_status(), 11);
     }
 
     #[test]
@@ -159,5 +171,13 @@ mod tests {
             })
             .collect();
         assert_eq!(bochs, b"Shutdown");
+    }
+
+    #[test]
+    fn power_off_with_a_guest_status() {
+        let mut io = FakePorts::new(|_| 0);
+        request_power_off_with(&mut io, 0x7e);
+        assert_eq!(io.writes()[0], (0xf4, 0x7e, 4));
+        assert_eq!(io.writes().len(), 1 + b"Shutdown".len());
     }
 }

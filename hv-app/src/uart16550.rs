@@ -135,14 +135,14 @@ mod tests {
     fn divisors_from_the_datasheet_table() {
         // PC16550D table 2 (1.8432 MHz crystal): 115200 -> 1, 38400 -> 3,
         // 9600 -> 12, 50 -> 2304.
-        assert_eq!(divisor(115_200), Ok(1));
-        assert_eq!(divisor(38_400), Ok(3));
-        assert_eq!(divisor(9_600), Ok(12));
-        assert_eq!(divisor(50), Ok(2304));
-        assert_eq!(divisor(0), Err(Error::InvalidBaudRate(0)));
-        assert_eq!(divisor(230_400), Err(Error::InvalidBaudRate(230_400)));
-        assert_eq!(divisor(7), Err(Error::InvalidBaudRate(7)));
-        assert_eq!(divisor(1), Err(Error::InvalidBaudRate(1)));
+        assert_res_eq!(divisor(115_200), Ok(1));
+        assert_res_eq!(divisor(38_400), Ok(3));
+        assert_res_eq!(divisor(9_600), Ok(12));
+        assert_res_eq!(divisor(50), Ok(2304));
+        assert_res_eq!(divisor(0), Err(Error::InvalidBaudRate(0)));
+        assert_res_eq!(divisor(230_400), Err(Error::InvalidBaudRate(230_400)));
+        assert_res_eq!(divisor(7), Err(Error::InvalidBaudRate(7)));
+        assert_res_eq!(divisor(1), Err(Error::InvalidBaudRate(1)));
     }
 
     #[test]
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn bad_baud_writes_nothing() {
         let mut uart = Uart16550::new(FakePorts::new(|_| 0), COM1_BASE);
-        assert_eq!(uart.init(1000), Err(Error::InvalidBaudRate(1000)));
+        assert_res_eq!(uart.init(1000), Err(Error::InvalidBaudRate(1000)));
         assert!(uart.io.log.is_empty());
     }
 

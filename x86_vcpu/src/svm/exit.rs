@@ -4,6 +4,9 @@ use axaddrspace::{AccessWidth, MappingFlags};
 
 use crate::{Error, Result};
 
+/// The exit code of a failed VMRUN (`VMEXIT_INVALID`, -1).
+pub const VMEXIT_INVALID: u64 = u64::MAX;
+
 /// An SVM exit code, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SvmExitCode {
@@ -105,7 +108,8 @@ pub enum SvmExitCode {
     AvicNoAccel,
     /// 0x403: VMGEXIT.
     Vmgexit,
-    /// -1: invalid guest state in the VMCB.
+    /// -1: invalid guest state in the VMCB (`VMEXIT_INVALID`, also
+    /// recognized in its 32-bit form `0xFFFF_FFFF`).
     Invalid,
     /// -2: busy bit set in the VMSA.
     Busy,
@@ -167,8 +171,11 @@ impl SvmExitCode {
             0x401 => AvicIncompleteIpi,
             0x402 => AvicNoAccel,
             0x403 => Vmgexit,
-            u64::MAX => Invalid,
-            0xffff_ffff_ffff_fffe => Busy,
+            // QEMU's TCG (7.2 at least) stores its 32-bit exit code
+            // zero-extended: VMEXIT_INVALID arrives as 0xFFFF_FFFF. These
+            // two values are no other architectural exit code.
+            u64::MAX | 0xffff_ffff => Invalid,
+            0xffff_ffff_ffff_fffe | 0xffff_fffe => Busy,
             other => Other(other),
         }
     }
@@ -187,8 +194,11 @@ pub struct IoioInfo {
     pub is_rep: bool,
     /// Operand size: SZ8 (bit 4), SZ16 (bit 5), SZ32 (bit 6).
     pub width: AccessWidth,
-    /// Address size in bits: A16 (bit 7), A32 (bit 8), A64 (bit 9).
-    pub address_size: u8,
+    /// Address size in bits: A16 (bit 7), A32 (bit 8), A64 (bit 9); `None`
+    /// when no bit is set. It only matters for string I/O, and QEMU's TCG
+    /// sets it for none (`gen_check_io` passes operand size, REP and
+    /// string only), so its absence is not an error.
+    pub address_size: Option<u8>,
 }
 
 impl IoioInfo {
@@ -201,10 +211,15 @@ impl IoioInfo {
             _ => return Err(Error::InvalidArgument("IOIO EXITINFO1: bad operand size")),
         };
         let address_size = match (info1 >> 7) & 7 {
-            1 => 16,
-            2 => 32,
-            4 => 64,
-            _ => return Err(Error::InvalidArgument("IOIO EXITINFO1: bad address size")),
+            0 => None,
+            1 => Some(16),
+            2 => Some(32),
+            4 => Some(64),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "IOIO EXITINFO1: more than one address size",
+                ));
+            }
         };
         Ok(Self {
             port: (info1 >> 16) as u16,
@@ -266,6 +281,9 @@ mod tests {
             (0x64, Vintr),
             (0x8d, Xsetbv),
             (u64::MAX, Invalid),
+            (0xffff_ffff, Invalid), // as QEMU TCG stores it
+            (u64::MAX - 1, Busy),
+            (0xffff_fffe, Busy),
         ] {
             assert_eq!(SvmExitCode::from_raw(raw), code, "code {raw:#x}");
         }
@@ -282,18 +300,26 @@ mod tests {
         let i = IoioInfo::from_raw((0x3f8 << 16) | (1 << 9) | (1 << 4)).unwrap();
         assert_eq!(i.port, 0x3f8);
         assert!(!i.is_in && !i.is_string && !i.is_rep);
-        assert_eq!((i.width, i.address_size), (AccessWidth::Byte, 64));
+        assert_eq!((i.width, i.address_size), (AccessWidth::Byte, Some(64)));
         // in eax, 0xcfc: IN, SZ32, A32.
         let i = IoioInfo::from_raw((0xcfc << 16) | (1 << 8) | (1 << 6) | 1).unwrap();
         assert_eq!(
             (i.port, i.is_in, i.width, i.address_size),
-            (0xcfc, true, AccessWidth::Dword, 32)
+            (0xcfc, true, AccessWidth::Dword, Some(32))
         );
         // rep insw: IN, STR, REP, SZ16, A16.
         let i = IoioInfo::from_raw((0x1f0 << 16) | (1 << 7) | (1 << 5) | (1 << 3) | (1 << 2) | 1)
             .unwrap();
         assert!(i.is_string && i.is_rep && i.is_in);
         assert_eq!(i.width, AccessWidth::Word);
+        assert_eq!(i.address_size, Some(16));
+        // QEMU TCG's `out dx, al`: port, SZ8, no address size bit.
+        let i = IoioInfo::from_raw((0x3f8 << 16) | (1 << 4)).unwrap();
+        assert_eq!(
+            (i.port, i.width, i.address_size),
+            (0x3f8, AccessWidth::Byte, None)
+        );
+        // No operand size, or two address sizes: malformed.
         assert!(IoioInfo::from_raw(0x3f8 << 16).is_err());
         assert!(IoioInfo::from_raw((1 << 4) | (3 << 7)).is_err());
     }

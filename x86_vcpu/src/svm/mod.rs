@@ -12,7 +12,7 @@ pub mod vmcb;
 
 pub use bitmap::{SvmIopm, SvmMsrpm};
 pub use event::{SvmEvent, SvmEventType};
-pub use exit::{IoioInfo, SvmExitCode, npf_access_flags};
-pub use setup::{SvmControlsConfig, check_vmcb, write_controls, write_guest_state};
+pub use exit::{IoioInfo, SvmExitCode, VMEXIT_INVALID, npf_access_flags};
+pub use setup::{SvmControlsConfig, check_vmcb, pat_is_valid, write_controls, write_guest_state};
 pub use vcpu::{SvmPerCpu, SvmVcpu};
 pub use vmcb::{InterceptMisc1, InterceptMisc2, Vmcb, VmcbControl, VmcbSaveArea, VmcbSegment};

@@ -1,6 +1,7 @@
 //! Filling a VMCB (controls and guest state) and checking it the way VMRUN
 //! does (APM 15.5.1, "Canonicalization and Consistency Checks").
 
+use super::bitmap::{IOPM_SIZE, MSRPM_SIZE};
 use super::vmcb::{InterceptMisc1, InterceptMisc2, Vmcb, VmcbSegment, tlb_control, vintr};
 use crate::msr::efer;
 use crate::state::{GuestState, Segment};
@@ -133,8 +134,22 @@ pub fn write_guest_state(vmcb: &mut Vmcb, s: &GuestState) -> Result {
     Ok(())
 }
 
-/// Checks the VMCB as VMRUN would (APM 15.5.1); a VMCB that passes does not
-/// exit with VMEXIT_INVALID for these reasons.
+/// The architectural limit of physical addresses (52 bits).
+const MAX_PHYS_ADDR: u64 = 1 << 52;
+
+/// Whether `pat` is a valid PAT value: each of the 8 entries is a memory
+/// type 0 (UC), 1 (WC), 4 (WT), 5 (WP), 6 (WB) or 7 (UC-), and bits 7:3 of
+/// each byte are zero (AMD APM vol. 2, 7.8.1; G_PAT follows the same rules,
+/// 15.25.8).
+pub fn pat_is_valid(pat: u64) -> bool {
+    pat.to_le_bytes()
+        .iter()
+        .all(|&t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+}
+
+/// Checks the VMCB as VMRUN would (APM 15.5.1, and 15.25.8 for G_PAT with
+/// nested paging); a VMCB that passes does not exit with VMEXIT_INVALID for
+/// these reasons. The error names the failed check.
 pub fn check_vmcb(vmcb: &Vmcb) -> Result {
     let s = &vmcb.save;
     let c = &vmcb.control;
@@ -181,6 +196,25 @@ pub fn check_vmcb(vmcb: &Vmcb) -> Result {
     }
     if c.guest_asid == 0 {
         return Err(Error::InvalidVmcb("ASID is zero"));
+    }
+    // The permission maps must end below the largest physical address
+    // (52 bits architecturally; a processor may have fewer).
+    if (c.iopm_base_pa & !0xfff) + IOPM_SIZE as u64 > MAX_PHYS_ADDR
+        || (c.msrpm_base_pa & !0xfff) + MSRPM_SIZE as u64 > MAX_PHYS_ADDR
+    {
+        return Err(Error::InvalidVmcb(
+            "the IOPM or MSRPM extends beyond the physical address space",
+        ));
+    }
+    if c.np_enable & 1 != 0 {
+        if !pat_is_valid(s.g_pat) {
+            return Err(Error::InvalidVmcb(
+                "G_PAT has a reserved memory type or a reserved bit set",
+            ));
+        }
+        if c.n_cr3 >> 52 != 0 {
+            return Err(Error::InvalidVmcb("nCR3 MBZ bits are set"));
+        }
     }
     if c.event_inj & super::event::EVENTINJ_VALID != 0
         && super::SvmEvent::from_raw(c.event_inj).is_none()
@@ -301,5 +335,27 @@ mod tests {
         bad(&|v| v.save.efer |= 1 << 9, "EFER MBZ");
         bad(&|v| v.save.dr7 |= 1 << 40, "DR7");
         bad(&|v| v.control.event_inj = 0x8000_0130, "EVENTINJ");
+        // PAT type 2 and 3 are reserved (APM 7.8.1), as is bit 3 of an entry.
+        bad(&|v| v.save.g_pat = 0x0007_0406_0007_0402, "G_PAT");
+        bad(&|v| v.save.g_pat = 0x0007_0406_0007_0403, "G_PAT");
+        bad(&|v| v.save.g_pat = 0x0007_0406_0007_040e, "G_PAT");
+        bad(&|v| v.control.n_cr3 = 1 << 52, "nCR3");
+        bad(&|v| v.control.msrpm_base_pa = (1 << 52) - 0x1000, "MSRPM");
+        bad(&|v| v.control.iopm_base_pa = (1 << 52) - 0x2000, "IOPM");
+        // Without nested paging, G_PAT is not used and not checked.
+        let mut v = good.clone();
+        v.control.np_enable = 0;
+        v.save.g_pat = 0x0007_0406_0007_0402;
+        assert_eq!(check_vmcb(&v), Ok(()));
+    }
+
+    #[test]
+    fn pat_validity() {
+        // The reset value (APM 7.8.2): WB, WT, UC-, UC, twice.
+        assert!(pat_is_valid(0x0007_0406_0007_0406));
+        // Linux's PAT: WB, WC, UC-, UC, WB, WP, UC-, WT.
+        assert!(pat_is_valid(0x0407_0500_0007_0106));
+        assert!(!pat_is_valid(0x0007_0406_0007_0408));
+        assert!(!pat_is_valid(0x0207_0406_0007_0406));
     }
 }

@@ -68,6 +68,8 @@ pub struct SvmVcpu<H: Hal> {
     pending: PendingInterrupts,
     guest_xcr0: u64,
     ready: bool,
+    /// The consistency check the VMCB failed at the last `run`, if any.
+    entry_failure: Option<&'static str>,
 }
 
 impl<H: Hal> core::fmt::Debug for SvmVcpu<H> {
@@ -123,6 +125,7 @@ impl<H: Hal> SvmVcpu<H> {
             pending: PendingInterrupts::default(),
             guest_xcr0: 1,
             ready: false,
+            entry_failure: None,
         })
     }
 
@@ -158,6 +161,15 @@ impl<H: Hal> SvmVcpu<H> {
     /// The MSR permission map.
     pub fn msrpm_mut(&mut self) -> &mut SvmMsrpm<PhysFrames<H>> {
         &mut self.msrpm
+    }
+
+    /// Why the last [`AxArchVCpu::run`] did not enter the guest: the
+    /// consistency check ([`check_vmcb`]) the VMCB failed, reported as
+    /// `FailEntry` with [`super::VMEXIT_INVALID`] without executing VMRUN.
+    /// `None` after a run that entered the guest, including one the
+    /// processor failed for a reason `check_vmcb` does not know.
+    pub fn entry_failure(&self) -> Option<&'static str> {
+        self.entry_failure
     }
 
     /// The guest's XCR0 as last set by XSETBV.
@@ -356,8 +368,9 @@ impl<H: Hal> SvmVcpu<H> {
             SvmExitCode::Exception(18) => {
                 return Err(Error::Unsupported("machine check during guest execution"));
             }
+            // Reported as -1 whichever width the processor stored.
             SvmExitCode::Invalid => R::FailEntry {
-                hardware_entry_failure_reason: code,
+                hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
             },
             _ => return Err(Error::UnknownExit(code)),
         })
@@ -468,10 +481,28 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
             return Err(axvcpu::Error::BadState);
         }
         self.prepare_entry();
+        // The VMCB changes between entries (exit handlers, a caller's
+        // set_gpr, injected events): check it again, and report a state
+        // VMRUN would refuse as the processor would (VMEXIT_INVALID), with
+        // the check named by `entry_failure`. After a real VMEXIT_INVALID
+        // the state save area may no longer hold what was entered (QEMU
+        // TCG overwrites it), so this is the only reliable place to name it.
+        self.entry_failure = None;
+        match check_vmcb(self.vmcb()) {
+            Ok(()) => {}
+            Err(Error::InvalidVmcb(why)) => {
+                log::error!("SVM vCPU {}: VMCB refused before VMRUN: {why}", self.id);
+                self.entry_failure = Some(why);
+                return Ok(AxVCpuExitReason::FailEntry {
+                    hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         #[cfg(target_os = "none")]
         {
             let (vmcb_pa, host_pa) = (self.vmcb.paddr(), self.host_save.paddr());
-            // SAFETY: the VMCB passed `check_vmcb` at setup and is only
+            // SAFETY: the VMCB passed `check_vmcb` just above and is only
             // changed by this crate's handlers; the host save page and the
             // register block belong to this vCPU; SVM is enabled on this CPU
             // (the caller's `SvmPerCpu`, per the `axvcpu` contract).

@@ -107,6 +107,28 @@ fn run_on_the_host_is_unsupported() {
 }
 
 #[test]
+fn run_names_a_broken_vmcb_before_vmrun() {
+    let mut v = multiboot_vcpu();
+    // A caller (or a bug) clears the VMRUN intercept: VMRUN would fail with
+    // VMEXIT_INVALID (APM 15.5.1); `run` refuses and says why.
+    v.vmcb_mut().control.intercept_misc2 &= !1;
+    let invalid = Ok(AxVCpuExitReason::FailEntry {
+        hardware_entry_failure_reason: u64::MAX,
+    });
+    assert_eq!(v.run(), invalid);
+    assert_eq!(v.entry_failure(), Some("the VMRUN intercept is clear"));
+    v.vmcb_mut().control.intercept_misc2 |= 1;
+    v.vmcb_mut().save.efer &= !(1 << 12);
+    assert_eq!(v.run(), invalid);
+    assert_eq!(v.entry_failure(), Some("EFER.SVME is zero"));
+    // Fixed: the run goes on to VMRUN (unsupported on the host) and the
+    // failure is forgotten.
+    v.vmcb_mut().save.efer |= 1 << 12;
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+    assert_eq!(v.entry_failure(), None);
+}
+
+#[test]
 fn permission_maps() {
     let v = multiboot_vcpu();
     assert!(
@@ -393,6 +415,13 @@ fn fatal_and_odd_exits() {
     assert_eq!(exit(&mut v, 0x7f, 0, 0), Ok(AxVCpuExitReason::TripleFault));
     assert_eq!(
         exit(&mut v, u64::MAX, 0, 0),
+        Ok(AxVCpuExitReason::FailEntry {
+            hardware_entry_failure_reason: u64::MAX
+        })
+    );
+    // QEMU TCG stores VMEXIT_INVALID as a 32-bit -1; reported as -1.
+    assert_eq!(
+        exit(&mut v, 0xffff_ffff, 0, 0),
         Ok(AxVCpuExitReason::FailEntry {
             hardware_entry_failure_reason: u64::MAX
         })
