@@ -4,9 +4,13 @@
 //! comes, the output of several VMs (and the hypervisor's own log) would
 //! interleave mid-line. [`LineBuffer`] collects the bytes of one guest and
 //! hands out whole lines, which the caller prints with the VM's prefix
-//! (`[vm1] `).
+//! (`[vm1] `). [`VmConsole`] is that, as the backend of a VM's emulated
+//! UART (`axdevice::UartBackend`).
 
 use core::fmt;
+
+use axdevice::UartBackend;
+use spin::Mutex;
 
 /// Longest line kept; a longer one is handed out in pieces of this size.
 pub const LINE_MAX: usize = 256;
@@ -98,6 +102,76 @@ impl fmt::Display for Line<'_> {
     }
 }
 
+/// One line of a VM's console with its origin: its `Display` is
+/// `[vm<ID>] <line>` (the line escaped as [`Line`] does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmLine<'a> {
+    /// The VM's id.
+    pub vm_id: usize,
+    /// The guest's text.
+    pub line: Line<'a>,
+}
+
+impl fmt::Display for VmLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[vm{}] {}", self.vm_id, self.line)
+    }
+}
+
+/// The console of one VM: a UART backend that gathers the guest's bytes
+/// into lines ([`LineBuffer`]) and hands each whole line, as a [`VmLine`],
+/// to `out` (hv-app prints it).
+///
+/// Call [`finish`](Self::finish) when the VM has stopped, for the last
+/// line if it has no end of line.
+pub struct VmConsole<F> {
+    vm_id: usize,
+    lines: Mutex<LineBuffer>,
+    out: F,
+}
+
+impl<F: Fn(VmLine<'_>) + Send + Sync> VmConsole<F> {
+    /// The console of VM `vm_id`, handing lines to `out`.
+    pub const fn new(vm_id: usize, out: F) -> Self {
+        Self {
+            vm_id,
+            lines: Mutex::new(LineBuffer::new()),
+            out,
+        }
+    }
+
+    /// The VM's id (the `[vm<ID>]` prefix).
+    pub const fn vm_id(&self) -> usize {
+        self.vm_id
+    }
+
+    /// Hands out the pending partial line, if any.
+    pub fn finish(&self) {
+        let vm_id = self.vm_id;
+        self.lines
+            .lock()
+            .finish(|line| (self.out)(VmLine { vm_id, line }));
+    }
+}
+
+impl<F: Fn(VmLine<'_>) + Send + Sync> UartBackend for VmConsole<F> {
+    fn write_byte(&self, b: u8) {
+        let vm_id = self.vm_id;
+        self.lines
+            .lock()
+            .push(b, |line| (self.out)(VmLine { vm_id, line }));
+    }
+}
+
+impl<F> fmt::Debug for VmConsole<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmConsole")
+            .field("vm_id", &self.vm_id)
+            .field("pending", &self.lines.lock().pending())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +221,39 @@ mod tests {
         // UTF-8 text passes; C1 control U+0085 (C2 85) is escaped.
         assert_eq!(Line("héllo".as_bytes()).to_string(), "héllo");
         assert_eq!(Line(b"\xc2\x85").to_string(), "\\xc2\\x85");
+    }
+
+    #[test]
+    fn vm_console_prefixes_whole_lines() {
+        use std::sync::{Arc, Mutex as StdMutex};
+        use std::vec::Vec;
+
+        let seen = Arc::new(StdMutex::new(Vec::<String>::new()));
+        let sink = seen.clone();
+        let console = VmConsole::new(2, move |l: VmLine<'_>| {
+            sink.lock().unwrap().push(l.to_string())
+        });
+        assert_eq!(console.vm_id(), 2);
+        // Through the trait object, as the emulated UART holds it.
+        let uart: Arc<dyn UartBackend> = Arc::new(console);
+        for &b in b"hello: ok\r\nbye\x1b" {
+            uart.write_byte(b);
+        }
+        assert_eq!(*seen.lock().unwrap(), ["[vm2] hello: ok"]);
+        // `finish` needs the concrete type; keep one before erasing it.
+        let console = VmConsole::new(7, {
+            let sink = seen.clone();
+            move |l: VmLine<'_>| sink.lock().unwrap().push(l.to_string())
+        });
+        for &b in b"no end\x07" {
+            console.write_byte(b);
+        }
+        console.finish();
+        console.finish(); // nothing left the second time
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["[vm2] hello: ok", "[vm7] no end\\x07"]
+        );
+        assert!(std::format!("{console:?}").contains("pending: 0"));
     }
 }

@@ -22,26 +22,26 @@ macro_rules! assert_res_eq {
     };
 }
 
-pub mod bringup;
 pub mod cmdline;
 pub mod descriptor;
 pub mod exception;
 pub mod frame;
 pub mod guest_console;
-pub mod guest_memory;
 pub mod heap;
+pub mod hypercall;
 pub mod logfmt;
 pub mod memory;
 pub mod multiboot;
 pub mod percpu;
 pub mod port;
 pub mod uart16550;
+pub mod vm_end;
 pub mod vm_modules;
 
 /// Errors of the hv-app logic.
 ///
 /// Errors of the crates hv-app composes keep their own type as a variant
-/// ([`Error::VmConfig`], [`Error::Loader`], [`Error::AddrSpace`],
+/// ([`Error::VmConfig`], [`Error::Vm`], [`Error::AddrSpace`],
 /// [`Error::VCpu`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -190,9 +190,9 @@ pub enum Error {
     /// A VM configuration module cannot be decoded or is invalid.
     #[error("VM configuration: {0}")]
     VmConfig(#[from] axvmconfig::Error),
-    /// A guest image cannot be loaded.
-    #[error("guest image: {0}")]
-    Loader(#[from] axvm::Error),
+    /// A VM cannot be built (image, devices, vCPUs) or run.
+    #[error("VM: {0}")]
+    Vm(#[from] axvm::Error),
     /// The guest physical address space failed.
     #[error("guest address space: {0}")]
     AddrSpace(#[from] axaddrspace::Error),

@@ -130,7 +130,7 @@ fn hv_main(magic: u32, info_addr: u32) -> ! {
     log::info!("{} VM(s) in the boot modules", vms.len());
     match vmm::run_all(&vms) {
         Some(status) => {
-            log::info!("axhv: all VMs ended, powering off with status {status}");
+            log::info!("axhv: powering off with status {status}");
             pio::power_off_with(status)
         }
         None => pio::power_off(ExitCode::Failure),

@@ -1,48 +1,38 @@
-//! The first-light VM runner (issue #3): runs the VMs given as boot
-//! modules, one after the other, on the bootstrap CPU.
+//! The VM runner: runs the VMs given as boot modules, one after the other,
+//! on the bootstrap CPU, each as an `axvm::Vm`.
 //!
-//! Temporary until `axvm`'s VM object (address space, devices and exit
-//! loop built from the configuration) takes over: here each VM gets its
-//! RAM (allocated areas of its configuration), a Multiboot kernel, one
-//! vCPU, and the few devices of `hv_app::bringup` (COM1 output, the
-//! debug-exit port, hypercall 0).
+//! `axvm` builds a VM from its configuration (address space, image and
+//! boot information, devices, vCPUs) and settles the exits that belong to
+//! it (port I/O, MSRs, MMIO, lazily allocated RAM). What is left is
+//! hv-app's job and lives here: turning virtualization on for this CPU,
+//! the guest console (each line printed as `[vm<ID>] ...`), answering
+//! hypercalls (`hv_app::hypercall`), ending a VM and reporting how it
+//! ended (`hv_app::vm_end`), and the power-off value after the last one.
 
-use alloc::format;
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use axaddrspace::{
-    DynAddrSpace, GuestPhysAddr, GuestPhysAddrRange, MappingFlags, NestedPagingKind,
-};
-use axvcpu::{AxArchPerCpu, AxVCpu, AxVCpuExitReason};
-use axvm::loader::{MultibootInfoBuilder, plan_multiboot};
-use axvmconfig::{BootProtocol as ConfigBoot, MapKind, MemFlags, VmConfig};
-use hv_app::bringup::{
-    BringupPorts, LOW_BOOT_INFO_GPA, PortWrite, VmEnd, access_name, hypercall_result,
-    place_boot_info,
-};
-use hv_app::guest_console::LineBuffer;
-use hv_app::guest_memory::LoaderMemory;
+use axaddrspace::{GuestPhysAddr, NestedPagingKind};
+use axdevice::UartBackend;
+use axvcpu::AxArchPerCpu;
+use axvm::{StopReason, Vm, VmExit};
+use axvmconfig::VmConfig;
+use hv_app::guest_console::{VmConsole, VmLine};
+use hv_app::hypercall;
 use hv_app::multiboot::{BootInfo, read_c_str};
+use hv_app::vm_end::{RunSummary, StopContext, VmEnd};
 use hv_app::vm_modules::{ModuleRole, VmModules, pair_vm_modules};
 use hv_app::{Error, Result};
 use x86_vcpu::vendor::HwCpuid;
-use x86_vcpu::{
-    BootProtocol, VirtKind, X86PerCpu, X86Vcpu, X86VcpuCreateConfig, X86VcpuExt,
-    X86VcpuSetupConfig, detect,
-};
+use x86_vcpu::{VirtKind, X86PerCpu, X86Vcpu, X86VcpuCreateConfig, X86VcpuExt, detect};
 
 use crate::hal::HvHal;
 use crate::phys::IdentityMapped;
 
-/// The vCPU type of hv-app: VMX or SVM, chosen from CPUID.
-type Vcpu = AxVCpu<X86Vcpu<HvHal>>;
-
-/// The end of guest physical addresses: 4-level nested paging maps 48 bits.
-const GUEST_PHYS_LIMIT: usize = 1 << 48;
-
-/// The legacy VGA/BIOS hole, reported to guests as reserved.
-const LEGACY_HOLE: (usize, usize) = (0xa_0000, 0x6_0000);
+/// A VM of hv-app: VMX or SVM vCPUs (chosen from CPUID), guest memory
+/// from hv-app's frame allocator.
+type HvVm = Vm<X86Vcpu<HvHal>, HvHal>;
 
 /// The boot modules of one VM.
 #[derive(Debug, Clone, Copy)]
@@ -88,10 +78,18 @@ pub fn find_vms(boot: &BootInfo, mem: &IdentityMapped) -> Result<Vec<VmParts>> {
         .collect())
 }
 
-/// Turns virtualization on on this CPU, runs every VM to its end, turns it
-/// off again, and returns the value for the debug-exit port: the last
-/// VM's [`VmEnd::exit_value`], or `None` if virtualization is unusable.
-pub fn run_all(vms: &[VmParts]) -> Option<u32> {
+/// What this processor's virtualization gives the VMs.
+#[derive(Debug, Clone, Copy)]
+struct Virt {
+    /// The nested page table format (NPT on AMD, EPT on Intel).
+    nested: NestedPagingKind,
+    /// The number of TLB tags (SVM ASIDs, VMX VPIDs), tag 0 (the host's)
+    /// included.
+    tags: u32,
+}
+
+/// Checks CPUID for a usable virtualization extension, and logs it.
+fn check_virtualization() -> Option<Virt> {
     let info = detect(&HwCpuid);
     match (info.kind, info.svm) {
         (Some(VirtKind::Svm), Some(f)) => {
@@ -111,33 +109,66 @@ pub fn run_all(vms: &[VmParts]) -> Option<u32> {
                 );
                 return None;
             }
+            Some(Virt {
+                nested: NestedPagingKind::Npt,
+                tags: f.num_asids,
+            })
         }
-        (Some(VirtKind::Vmx), _) => log::info!("virtualization: Intel VMX"),
+        (Some(VirtKind::Vmx), _) => {
+            log::info!("virtualization: Intel VMX");
+            Some(Virt {
+                nested: NestedPagingKind::Ept,
+                tags: 1 << 16,
+            })
+        }
         _ => {
             log::error!(
                 "this CPU offers neither SVM (CPUID 8000_0001h ECX bit 2) nor VMX \
                  (CPUID 1 ECX bit 5): start QEMU with -cpu EPYC,+svm,+npt"
             );
-            return None;
+            None
         }
     }
-    let mut per_cpu = match X86PerCpu::<HvHal>::new(0) {
+}
+
+/// Turns virtualization on on CPU `cpu_id` (the calling CPU): SVM's
+/// EFER.SVME and host save area, or VMXON. Keep the result alive while
+/// guests run on this CPU; `hardware_disable` turns it off again.
+pub fn enable_virtualization(cpu_id: usize) -> Option<X86PerCpu<HvHal>> {
+    let mut per_cpu = match X86PerCpu::<HvHal>::new(cpu_id) {
         Ok(p) => p,
         Err(e) => {
-            log::error!("virtualization: {e}");
+            log::error!("virtualization on CPU {cpu_id}: {e}");
             return None;
         }
     };
     if let Err(e) = per_cpu.hardware_enable() {
-        log::error!("enabling virtualization on CPU 0 failed: {e}");
+        log::error!("enabling virtualization on CPU {cpu_id} failed: {e}");
         return None;
     }
-    log::info!("virtualization enabled on CPU 0");
+    log::info!("virtualization enabled on CPU {cpu_id}");
+    Some(per_cpu)
+}
 
-    let mut last = 0;
+/// Turns virtualization on on this CPU, runs every VM to its end, turns it
+/// off again, prints `axhv: all VMs ended (<n> exited, <m> stopped)`, and
+/// returns the value for the debug-exit port
+/// ([`RunSummary::exit_value`]), or `None` if virtualization is unusable
+/// or the host state did not survive a guest.
+pub fn run_all(vms: &[VmParts]) -> Option<u32> {
+    let virt = check_virtualization()?;
+    let mut per_cpu = enable_virtualization(0)?;
+
+    let mut summary = RunSummary::new();
     for (i, vm) in vms.iter().enumerate() {
         let (free_before, _) = crate::mem::frame_counts();
-        last = run_one(i, vm).exit_value();
+        // ASID/VPID 0 is the host's. The VMs run one after the other and a
+        // new vCPU's first entry flushes its tag's TLB entries, so tags may
+        // wrap around.
+        let usable = virt.tags.saturating_sub(1).max(1);
+        let tag = u16::try_from(1 + i as u32 % usable).unwrap_or(1);
+        let end = run_one(i, vm, virt.nested, tag);
+        summary.record(&end);
         if !host_state_intact() {
             return None;
         }
@@ -153,7 +184,8 @@ pub fn run_all(vms: &[VmParts]) -> Option<u32> {
     if let Err(e) = per_cpu.hardware_disable() {
         log::warn!("disabling virtualization on CPU 0 failed: {e}");
     }
-    Some(last)
+    println!("axhv: {summary}");
+    Some(summary.exit_value())
 }
 
 /// Whether the host state that VMRUN does not switch came back after the
@@ -180,8 +212,14 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// Builds and runs VM number `index`; prints how it ended and its exits.
-fn run_one(index: usize, parts: &VmParts) -> VmEnd {
+/// Prints one line of a guest's console.
+fn print_guest_line(line: VmLine<'_>) {
+    println!("{line}");
+}
+
+/// Builds and runs VM number `index` (its vCPUs tagged `tag`); prints how
+/// it ended and its exits.
+fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) -> VmEnd {
     let config = match VmConfig::from_bytes(parts.config) {
         Ok(c) => c,
         Err(e) => {
@@ -191,288 +229,198 @@ fn run_one(index: usize, parts: &VmParts) -> VmEnd {
         }
     };
     let id = config.id;
-    let mut vm = match Vm::build(&config, parts.image) {
+    let console = Arc::new(VmConsole::new(id, print_guest_line));
+    let backend: Arc<dyn UartBackend> = console.clone();
+    let mut vm = match HvVm::new(
+        &config,
+        parts.image,
+        nested,
+        |vcpu| X86VcpuCreateConfig::new(vcpu, tag),
+        backend,
+    ) {
         Ok(vm) => vm,
         Err(e) => {
-            let end = VmEnd::Error(e.to_string());
+            let end = VmEnd::Error(Error::from(e).to_string());
             println!("VM {id} {end}");
             return end;
         }
     };
-    log::info!("VM {id} ({}): running", config.name);
-    let end = vm.run();
-    vm.console.finish(|line| println!("[vm{id}] {line}"));
-    match &end {
-        VmEnd::Exited { .. } => println!("VM {id} ({}) {end}", config.name),
-        _ => println!("VM {id} {end}"),
-    }
-    let counts = vm.vcpu.exit_counters();
-    let mut list = alloc::string::String::new();
-    for (name, n) in counts.iter() {
-        if !list.is_empty() {
-            list.push_str(", ");
+    let boot = vm.boot();
+    log::info!(
+        "VM {id} ({}): kernel at GPA [{:#x}, {:#x}), entry {:#x}{}",
+        config.name,
+        boot.image_extent.0.as_usize(),
+        boot.image_extent.1.as_usize(),
+        boot.entry.as_usize(),
+        match boot.multiboot_info {
+            Some(a) => alloc::format!(", multiboot info at {:#x}", a.as_usize()),
+            None => String::new(),
         }
-        list.push_str(&format!("{name} {n}"));
+    );
+    if vm.vcpu_count() > 1 {
+        log::warn!(
+            "VM {id}: {} vCPUs configured, only vCPU 0 runs for now",
+            vm.vcpu_count()
+        );
     }
-    println!("VM {id} exits: {} ({list})", counts.total());
+
+    let end = run(&mut vm);
+    console.finish();
+    if end.is_exit() {
+        println!("VM {id} ({}) {end}", config.name);
+    } else {
+        println!("VM {id} {end}");
+    }
+    print_exits(&vm);
     end
 }
 
-/// One VM of the first-light runner.
-struct Vm {
-    id: usize,
-    aspace: DynAddrSpace<HvHal>,
-    vcpu: Vcpu,
-    ports: BringupPorts,
-    console: LineBuffer,
-}
-
-fn mapping_flags(f: MemFlags) -> MappingFlags {
-    let mut m = MappingFlags::empty();
-    for (from, to) in [
-        (MemFlags::READ, MappingFlags::READ),
-        (MemFlags::WRITE, MappingFlags::WRITE),
-        (MemFlags::EXEC, MappingFlags::EXECUTE),
-        (MemFlags::DEVICE, MappingFlags::DEVICE),
-        (MemFlags::UNCACHED, MappingFlags::UNCACHED),
-    ] {
-        if f.contains(from) {
-            m |= to;
+/// Prints `VM <id> exits: N (IoRead a, IoWrite b, ...)`, then what the VM
+/// settled itself (`VM <id> settled: mmio_reads 14, ...`) if anything.
+fn print_exits(vm: &HvVm) {
+    let stats = vm.exit_stats();
+    let mut list = String::new();
+    for (name, n) in stats.exits.iter() {
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&alloc::format!("{name} {n}"));
+    }
+    println!("VM {} exits: {} ({list})", vm.id(), stats.exits.total());
+    let mut settled = String::new();
+    for (name, n) in stats.settled() {
+        if n != 0 {
+            if !settled.is_empty() {
+                settled.push_str(", ");
+            }
+            settled.push_str(&alloc::format!("{name} {n}"));
         }
     }
-    m
+    if !settled.is_empty() {
+        println!("VM {} settled: {settled}", vm.id());
+    }
 }
 
-impl Vm {
-    /// The address space with the configuration's RAM, the kernel and its
-    /// Multiboot information loaded, and vCPU 0 set up and bound.
-    fn build(config: &VmConfig, image: &[u8]) -> Result<Self> {
-        let id = config.id;
-        if config.kernel.protocol != ConfigBoot::Multiboot {
-            return Err(Error::Unsupported(
-                "only multiboot kernels run before axvm's VM object lands",
-            ));
-        }
-        if config.vcpus.count > 1 {
-            log::warn!(
-                "VM {id}: {} vCPUs configured, only vCPU 0 runs for now",
-                config.vcpus.count
-            );
-        }
-        let kind = match detect(&HwCpuid).kind {
-            Some(VirtKind::Vmx) => NestedPagingKind::Ept,
-            _ => NestedPagingKind::Npt,
+/// Runs vCPU 0 of `vm` until the VM ends.
+fn run(vm: &mut HvVm) -> VmEnd {
+    let id = vm.id();
+    log::info!("VM {id} ({}): running", vm.name());
+    loop {
+        let exit = match vm.run_vcpu(0) {
+            Ok(exit) => exit,
+            Err(e) => return VmEnd::Error(Error::from(e).to_string()),
         };
-        let gpa = GuestPhysAddr::from_usize;
-        let mut aspace = DynAddrSpace::<HvHal>::new(
-            kind,
-            GuestPhysAddrRange::from_start_size(gpa(0), GUEST_PHYS_LIMIT),
-        )?;
-        let mut mb = MultibootInfoBuilder::new().boot_loader_name("axhv");
-        for r in &config.memory {
-            let (start, size) = (r.gpa as usize, r.size as usize);
-            let flags = mapping_flags(r.flags);
-            match r.map {
-                MapKind::Alloc => aspace.map_alloc(gpa(start), size, flags, true)?,
-                MapKind::AllocLazy => aspace.map_alloc(gpa(start), size, flags, false)?,
-                MapKind::Reserved => {}
-                MapKind::Identical | MapKind::Linear { .. } => {
-                    return Err(Error::Unsupported(
-                        "identical and linear memory regions (host memory set aside for VMs)",
-                    ));
+        if let Some(end) = VmEnd::from_exit(&exit, &Stopped(vm)) {
+            if let VmEnd::EntryFailed { check: None, .. } = end {
+                log_failed_entry(vm);
+            }
+            return end;
+        }
+        let stop = |vm: &mut HvVm, end: VmEnd| {
+            vm.stop(StopReason::Requested(end.to_string()));
+            end
+        };
+        match exit {
+            VmExit::Hypercall { nr, args } => {
+                let result = hypercall::handle(nr, &args);
+                log::debug!(
+                    "VM {id}: hypercall {nr:#x} ({}) {args:x?} -> {result:#x}",
+                    hypercall::Hypercall::from_nr(nr).name()
+                );
+                if let Err(e) = vm.set_hypercall_result(0, result) {
+                    return stop(vm, VmEnd::Error(Error::from(e).to_string()));
                 }
             }
-            mb = if r.is_ram() {
-                mb.ram(gpa(start), size)
-            } else {
-                mb.reserved(gpa(start), size)
-            };
-            log::info!(
-                "VM {id}: {} {} KiB at GPA {:#x}",
-                r.map.as_str(),
-                r.size >> 10,
-                r.gpa
-            );
+            // The host took its interrupt; nothing else to schedule yet.
+            VmExit::ExternalInterrupt { .. } => {}
+            VmExit::Halt => {
+                let rip = Stopped(vm).rip();
+                return stop(vm, VmEnd::Halted { rip });
+            }
+            VmExit::CpuUp { target_cpu, .. } => {
+                return stop(
+                    vm,
+                    VmEnd::Unsupported(alloc::format!(
+                        "the guest starts vCPU {target_cpu}: running more than vCPU 0 \
+                         is not implemented"
+                    )),
+                );
+            }
+            VmExit::CpuDown { state } => {
+                return stop(
+                    vm,
+                    VmEnd::Unsupported(alloc::format!(
+                        "vCPU 0 went down (state {state:#x}): restarting a vCPU is not \
+                         implemented"
+                    )),
+                );
+            }
+            other => {
+                return stop(
+                    vm,
+                    VmEnd::Error(alloc::format!("exit `{other}` came back unexpectedly")),
+                );
+            }
         }
-        if config.is_ram_range(LEGACY_HOLE.0 as u64, LEGACY_HOLE.1 as u64) {
-            mb = mb.reserved(gpa(LEGACY_HOLE.0), LEGACY_HOLE.1);
-        }
-        if let Some(cmdline) = &config.kernel.cmdline {
-            mb = mb.cmdline(cmdline);
-        }
+    }
+}
 
-        let plan = plan_multiboot(image)?;
-        plan.apply(image, &mut LoaderMemory(&mut aspace))?;
-        let extent = plan
-            .extent()
-            .map(|(s, e)| (s.as_usize() as u64, e.as_usize() as u64));
-        let probe = mb.build(gpa(LOW_BOOT_INFO_GPA as usize))?;
-        let info_gpa = place_boot_info(extent, probe.bytes.len() as u64, |g, l| {
-            config.is_ram_range(g, l)
-        })
-        .ok_or(Error::Unsupported(
-            "no guest RAM for the multiboot information (neither at 0x9000 nor after the kernel)",
-        ))?;
-        let info = mb.build(gpa(info_gpa as usize))?;
-        let ebx = info.write_to(&mut LoaderMemory(&mut aspace))?;
-        if let Some((s, e)) = extent {
-            log::info!(
-                "VM {id}: kernel at GPA [{s:#x}, {e:#x}), entry {:#x}, multiboot info at {ebx:#x}",
-                plan.entry.as_usize()
-            );
-        }
+/// What the runner knows about a stopped VM, for [`VmEnd::from_exit`].
+struct Stopped<'a>(&'a HvVm);
 
-        // ASID/VPID 0 is the host's. The VMs run one after the other and a
-        // new vCPU's first entry flushes the TLB, so they can share tag 1.
-        let mut vcpu = Vcpu::new(0, 0, None, X86VcpuCreateConfig::new(0, 1))?;
-        vcpu.setup(
-            plan.entry,
-            aspace.page_table_root(),
-            X86VcpuSetupConfig {
-                boot: BootProtocol::Multiboot { info_paddr: ebx },
-            },
-        )?;
-        vcpu.bind()?;
-        log::debug!(
-            "VM {id}: nested page table root {:#x}",
-            aspace.page_table_root().as_usize()
-        );
-        Ok(Self {
-            id,
-            aspace,
-            vcpu,
-            ports: BringupPorts::new(),
-            console: LineBuffer::new(),
-        })
+impl StopContext for Stopped<'_> {
+    fn owns(&self, gpa: u64) -> bool {
+        let gpa = GuestPhysAddr::from_usize(gpa as usize);
+        self.0.aspace().find_area(gpa).is_some() || self.0.devices().find_mmio(gpa).is_some()
     }
 
-    /// The guest's RIP.
     fn rip(&self) -> u64 {
-        match self.vcpu.arch_vcpu() {
-            X86Vcpu::Svm(v) => v.vmcb().save.rip,
-            v @ X86Vcpu::Vmx(_) => v.guest_code_location().linear_rip,
-        }
+        self.0
+            .vcpu(0)
+            .map_or(0, |v| v.arch_vcpu().guest_code_location().linear_rip)
     }
 
-    /// The consistency check a failed entry breaks, if x86_vcpu named it
-    /// (it checks the VMCB before every VMRUN); the VMCB's main fields go
-    /// to the log.
     fn entry_check(&self) -> Option<&'static str> {
-        match self.vcpu.arch_vcpu() {
-            X86Vcpu::Svm(v) => {
-                if let Some(why) = v.entry_failure() {
-                    return Some(why);
-                }
-                // The processor refused a VMCB that passed the checks. Its
-                // state save area may now hold the processor's partial
-                // state rather than what was entered (QEMU TCG).
-                let (c, s) = (&v.vmcb().control, &v.vmcb().save);
-                log::error!(
-                    "VMCB after the failed VMRUN: intercepts misc1 {:#x} misc2 {:#x}, ASID {}, NP {} nCR3 {:#x}, \
-                     IOPM {:#x} MSRPM {:#x}, EVENTINJ {:#x}",
-                    c.intercept_misc1,
-                    c.intercept_misc2,
-                    c.guest_asid,
-                    c.np_enable,
-                    c.n_cr3,
-                    c.iopm_base_pa,
-                    c.msrpm_base_pa,
-                    c.event_inj
-                );
-                log::error!(
-                    "VMCB after the failed VMRUN: CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} RFLAGS {:#x} RIP {:#x} \
-                     CS {:#x}/{:#x} CPL {} G_PAT {:#x}",
-                    s.cr0,
-                    s.cr3,
-                    s.cr4,
-                    s.efer,
-                    s.rflags,
-                    s.rip,
-                    s.cs.selector,
-                    s.cs.attrib,
-                    s.cpl,
-                    s.g_pat
-                );
-                None
-            }
+        match self.0.vcpu(0).ok()?.arch_vcpu() {
+            X86Vcpu::Svm(v) => v.entry_failure(),
             X86Vcpu::Vmx(_) => None,
         }
     }
+}
 
-    /// Runs the guest until it ends.
-    fn run(&mut self) -> VmEnd {
-        let id = self.id;
-        loop {
-            let exit = match self.vcpu.run() {
-                Ok(exit) => exit,
-                Err(e) => return VmEnd::Error(Error::from(e).to_string()),
-            };
-            match exit {
-                AxVCpuExitReason::IoWrite { port, width, data } => {
-                    match self.ports.write(port, width, data) {
-                        PortWrite::Console(byte) => {
-                            self.console.push(byte, |line| println!("[vm{id}] {line}"))
-                        }
-                        PortWrite::Exit(status) => return VmEnd::Exited { status },
-                        PortWrite::Ignored => {}
-                    }
-                }
-                AxVCpuExitReason::IoRead { port, width } => {
-                    let value = self.ports.read(port, width);
-                    if let Err(e) = self.vcpu.set_io_result(width, value) {
-                        return VmEnd::Error(Error::from(e).to_string());
-                    }
-                }
-                AxVCpuExitReason::Hypercall { nr, args } => {
-                    log::debug!("VM {id}: hypercall {nr:#x} {args:x?}");
-                    self.vcpu.set_return_value(hypercall_result(nr));
-                }
-                AxVCpuExitReason::MsrRead { msr } => {
-                    log::warn!("VM {id}: RDMSR {msr:#x} (not emulated) reads 0");
-                    if let Err(e) = self.vcpu.set_msr_result(0) {
-                        return VmEnd::Error(Error::from(e).to_string());
-                    }
-                }
-                AxVCpuExitReason::MsrWrite { msr, value } => {
-                    log::warn!("VM {id}: WRMSR {msr:#x} <- {value:#x} (not emulated) ignored");
-                }
-                AxVCpuExitReason::NestedPageFault { addr, access_flags } => {
-                    match self.aspace.handle_page_fault(addr, access_flags) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let (gpa, rip) = (addr.as_usize() as u64, self.rip());
-                            let access = access_name(access_flags);
-                            return if self.aspace.find_area(addr).is_none() {
-                                VmEnd::OutsideMemory { gpa, rip, access }
-                            } else {
-                                VmEnd::AccessDenied { gpa, rip, access }
-                            };
-                        }
-                        Err(e) => return VmEnd::Error(Error::from(e).to_string()),
-                    }
-                }
-                AxVCpuExitReason::TripleFault | AxVCpuExitReason::Shutdown => {
-                    return VmEnd::TripleFault { rip: self.rip() };
-                }
-                AxVCpuExitReason::Halt => return VmEnd::Halted { rip: self.rip() },
-                AxVCpuExitReason::FailEntry {
-                    hardware_entry_failure_reason: code,
-                } => {
-                    return VmEnd::EntryFailed {
-                        code,
-                        check: self.entry_check(),
-                    };
-                }
-                AxVCpuExitReason::ExternalInterrupt { .. }
-                | AxVCpuExitReason::InterruptWindow
-                | AxVCpuExitReason::Nothing => {}
-                other => {
-                    return VmEnd::Error(format!(
-                        "exit {} is not handled before axvm's VM object lands",
-                        other.name()
-                    ));
-                }
-            }
-        }
-    }
+/// Logs the VMCB's main fields after a VMRUN that the processor refused
+/// although x86_vcpu's checks passed. Its state save area may then hold the
+/// processor's partial state rather than what was entered (QEMU TCG).
+fn log_failed_entry(vm: &HvVm) {
+    let Ok(vcpu) = vm.vcpu(0) else { return };
+    let X86Vcpu::Svm(v) = vcpu.arch_vcpu() else {
+        return;
+    };
+    let (c, s) = (&v.vmcb().control, &v.vmcb().save);
+    log::error!(
+        "VMCB after the failed VMRUN: intercepts misc1 {:#x} misc2 {:#x}, ASID {}, NP {} nCR3 {:#x}, \
+         IOPM {:#x} MSRPM {:#x}, EVENTINJ {:#x}",
+        c.intercept_misc1,
+        c.intercept_misc2,
+        c.guest_asid,
+        c.np_enable,
+        c.n_cr3,
+        c.iopm_base_pa,
+        c.msrpm_base_pa,
+        c.event_inj
+    );
+    log::error!(
+        "VMCB after the failed VMRUN: CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} RFLAGS {:#x} RIP {:#x} \
+         CS {:#x}/{:#x} CPL {} G_PAT {:#x}",
+        s.cr0,
+        s.cr3,
+        s.cr4,
+        s.efer,
+        s.rflags,
+        s.rip,
+        s.cs.selector,
+        s.cs.attrib,
+        s.cpl,
+        s.g_pat
+    );
 }

@@ -25,8 +25,8 @@ const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"]
 /// The project's test guests (built from `guests/`).
 const GUESTS: [&str; 5] = ["hello", "hypercall", "mmio", "isolation", "triple-fault"];
 
-/// Guests `run --guest` can run. Empty until the hypervisor runs VMs (issue #3).
-const KNOWN_GUESTS: [&str; 0] = [];
+/// Guests `run --guest` can run: the test guests.
+const KNOWN_GUESTS: [&str; 5] = GUESTS;
 
 const BARE_TARGET: &str = "x86_64-unknown-none";
 
@@ -207,13 +207,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
         if !KNOWN_GUESTS.contains(&g.as_str()) {
             return Err(format!(
                 "unknown guest `{g}`; known guests: {}",
-                if KNOWN_GUESTS.is_empty() {
-                    "none yet (running guests arrives with issue #3; `cargo xtask run` \
-                     without --guest boots the hypervisor alone)"
-                        .to_string()
-                } else {
-                    KNOWN_GUESTS.join(", ")
-                }
+                KNOWN_GUESTS.join(", ")
             ));
         }
     }
@@ -244,6 +238,7 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
             specs.push(vms::VmSpec {
                 config: test_guest_config(),
                 image: dir.join(g),
+                name: Some(g.clone()),
             });
         }
     }
@@ -251,6 +246,7 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
         specs.push(vms::VmSpec {
             config: config.clone(),
             image: image.clone(),
+            name: None,
         });
     }
     let mut qargs = qemu::type1_args(&elf, &opts.qemu);
@@ -359,6 +355,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
         step(&format!("cargo package {}", PUBLISHED.join(", ")), c)?;
 
         boot_smoke(&elf)?;
+        guest_scenarios()?;
     }
 
     println!("\nall checks passed in {:.0}s", t0.elapsed().as_secs_f64());
@@ -441,6 +438,119 @@ fn check_configs() -> Result<(), String> {
         ));
     }
     println!("    ok: {}", text.trim());
+    Ok(())
+}
+
+/// One end-to-end run: the guests to start (one VM each, in order), the
+/// console lines expected in order, and the hypervisor's exit value.
+struct Scenario {
+    name: &'static str,
+    guests: &'static [&'static str],
+    expect: &'static [&'static str],
+    exit: i32,
+}
+
+/// The end-to-end scenarios on QEMU/SVM (issue #3).
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "hello",
+        guests: &["hello"],
+        expect: &[
+            "virtualization: AMD SVM",
+            "[vm1] hello: Hello from axhv guest!",
+            "[vm1] hello: ok",
+            "VM 1 (hello) exited with status 0",
+            "VM 1 exits:",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        name: "hypercall",
+        guests: &["hypercall"],
+        expect: &[
+            "[vm1] hypercall: version 0x00010000",
+            "[vm1] hypercall: unknown -> -38",
+            "[vm1] hypercall: ok",
+            "VM 1 (hypercall) exited with status 0",
+            "Hypercall 2",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        name: "mmio",
+        guests: &["mmio"],
+        expect: &[
+            "[vm1] mmio:",
+            "accesses ok",
+            "VM 1 (mmio) exited with status 0",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        name: "isolation",
+        guests: &["isolation"],
+        expect: &[
+            "[vm1] isolation: wrote over GPA 0x100000 ok",
+            "[vm1] isolation: reading GPA 0x40000000",
+            "VM 1 stopped: access to GPA 0x40000000 outside its memory (RIP 0x",
+            "VM 1 exits:",
+        ],
+        exit: 5,
+    },
+    Scenario {
+        name: "triple-fault",
+        guests: &["triple-fault"],
+        expect: &[
+            "[vm1] triple-fault: loading an empty IDT",
+            "VM 1 stopped: triple fault at RIP 0x",
+            "VM 1 exits:",
+        ],
+        exit: 5,
+    },
+    Scenario {
+        name: "isolation then hello (the second VM finishes)",
+        guests: &["isolation", "hello"],
+        expect: &[
+            "VM 1 stopped: access to GPA 0x40000000 outside its memory",
+            "[vm2] hello: Hello from axhv guest!",
+            "VM 2 (hello) exited with status 0",
+            "axhv: all VMs ended (1 exited, 1 stopped)",
+        ],
+        exit: 5,
+    },
+];
+
+/// Runs every guest scenario under hv-app in QEMU and checks the console.
+fn guest_scenarios() -> Result<(), String> {
+    for sc in SCENARIOS {
+        println!("\n==> end-to-end (QEMU/SVM): {}", sc.name);
+        let t = Instant::now();
+        let mut args = Vec::new();
+        for g in sc.guests {
+            args.extend(["--guest".to_string(), g.to_string()]);
+        }
+        let mut opts = parse_run(&args)?;
+        opts.qemu.stream = false;
+        opts.qemu.mem = "256M".into();
+        let out = boot(&opts)?;
+        out.expect_in_order(sc.expect)
+            .map_err(|e| format!("scenario `{}`: {e}", sc.name))?;
+        if out.debug_exit_value() != Some(sc.exit) {
+            return Err(format!(
+                "scenario `{}`: hypervisor exit value {:?}, expected {} (QEMU status {:?})",
+                sc.name,
+                out.debug_exit_value(),
+                sc.exit,
+                out.status
+            ));
+        }
+        println!(
+            "    ok: {} lines matched, exit value {} ({:.1}s)",
+            sc.expect.len(),
+            sc.exit,
+            t.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 

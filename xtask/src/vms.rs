@@ -13,6 +13,8 @@ pub struct VmSpec {
     pub config: PathBuf,
     /// The multiboot kernel image.
     pub image: PathBuf,
+    /// A VM name replacing the config's (the test guests share one config).
+    pub name: Option<String>,
 }
 
 /// Finds a multiboot v1 header (magic, checksum) in the first 8 KiB of
@@ -55,6 +57,9 @@ pub fn prepare_modules(specs: &[VmSpec], dir: &Path) -> Result<String, String> {
     for (i, spec) in specs.iter().enumerate() {
         let mut cfg = VmConfig::load_any_file(&spec.config).map_err(|e| e.to_string())?;
         cfg.id = i + 1;
+        if let Some(name) = &spec.name {
+            cfg.name = name.clone();
+        }
         let image = check_image(&spec.image)?;
         if let Err(e) = cfg.check_kernel_size(image.len() as u64) {
             return Err(format!("{}: {e}", spec.image.display()));
