@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod bench;
 pub mod cpu;
 pub mod exit;
 pub mod hypercall;

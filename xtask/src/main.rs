@@ -2,6 +2,7 @@
 //!
 //! Run `cargo xtask help` for the commands.
 
+mod bench;
 mod prereq;
 mod qemu;
 mod tasks;
@@ -26,6 +27,11 @@ commands:
   test                  run every check: fmt, clippy, host tests of each crate,
                         bare-metal builds, config checks, packaging, QEMU boot
       --quick           skip the slow parts (packaging, QEMU boot)
+  bench [--nimbos PATH] exit-cost benchmark: the bench guest under hv-app and
+                        without a hypervisor on QEMU with -icount (instructions
+                        per round trip); writes target/bench/bench.{md,json}
+      --nimbos PATH     also NimbOS's boot to its shell prompt, both ways
+      --smoke           only check that the guest prints its table under hv-app
   prereq                check the prerequisites (installs missing Debian packages
                         when run as root on Debian/Ubuntu, else prints the command)
   help                  this text
@@ -42,6 +48,7 @@ fn main() -> ExitCode {
         "build" => tasks::build(rest),
         "run" => tasks::run(rest),
         "test" => tasks::test(rest),
+        "bench" => bench::bench(rest),
         "prereq" => prereq::check(&prereq::ALL_PACKAGES).map(|_| 0),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

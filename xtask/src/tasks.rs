@@ -23,10 +23,17 @@ const LIB_CRATES: [&str; 7] = [
 const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"];
 
 /// The project's test guests (built from `guests/`).
-const GUESTS: [&str; 5] = ["hello", "hypercall", "mmio", "isolation", "triple-fault"];
+const GUESTS: [&str; 6] = [
+    "hello",
+    "hypercall",
+    "mmio",
+    "isolation",
+    "triple-fault",
+    "bench",
+];
 
 /// Guests `run --guest` can run: the test guests.
-const KNOWN_GUESTS: [&str; 5] = GUESTS;
+const KNOWN_GUESTS: [&str; 6] = GUESTS;
 
 const BARE_TARGET: &str = "x86_64-unknown-none";
 
@@ -356,6 +363,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
 
         boot_smoke(&elf)?;
         guest_scenarios()?;
+        crate::bench::smoke()?;
     }
 
     println!("\nall checks passed in {:.0}s", t0.elapsed().as_secs_f64());
