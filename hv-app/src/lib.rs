@@ -22,6 +22,8 @@ macro_rules! assert_res_eq {
     };
 }
 
+pub mod acpi;
+pub mod apic;
 pub mod cmdline;
 pub mod descriptor;
 pub mod exception;
@@ -32,8 +34,11 @@ pub mod hypercall;
 pub mod logfmt;
 pub mod memory;
 pub mod multiboot;
+pub mod paging;
 pub mod percpu;
 pub mod port;
+pub mod smp_plan;
+pub mod timing;
 pub mod uart16550;
 pub mod vm_end;
 pub mod vm_modules;
@@ -199,6 +204,23 @@ pub enum Error {
     /// Virtualization or a vCPU operation failed.
     #[error("vCPU: {0}")]
     VCpu(#[from] axvcpu::Error),
+    /// No ACPI structure of this name (`RSDP`, `MADT`) was found.
+    #[error("ACPI {0} not found")]
+    AcpiNotFound(&'static str),
+    /// An ACPI table (or the RSDP) fails a check.
+    #[error("ACPI {table} at {addr:#x}: {problem}")]
+    BadAcpiTable {
+        /// The table: `RSDP`, `RSDT`, `XSDT` or `MADT`.
+        table: &'static str,
+        /// Its physical address.
+        addr: u64,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A page a STARTUP IPI cannot start a CPU at (not 4 KiB aligned, or
+    /// outside `0x1000..0xA0000`).
+    #[error("page {0:#x} cannot be a STARTUP IPI start page")]
+    BadStartPage(u64),
     /// A configuration asks for something hv-app cannot do yet.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

@@ -13,6 +13,8 @@ extern crate alloc;
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod ap_boot;
+#[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
 mod cpu_local;
@@ -25,6 +27,8 @@ mod gdt;
 #[cfg(target_os = "none")]
 mod hal;
 #[cfg(target_os = "none")]
+mod lapic;
+#[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
 mod panic;
@@ -33,7 +37,11 @@ mod phys;
 #[cfg(target_os = "none")]
 mod pio;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod trap;
+#[cfg(target_os = "none")]
+mod tsc;
 #[cfg(target_os = "none")]
 mod vmm;
 
@@ -109,6 +117,9 @@ fn hv_main(magic: u32, info_addr: u32) -> ! {
         log::error!("memory self-check failed: {e}");
         pio::power_off(ExitCode::Failure);
     }
+
+    // The APs come up, report and park; everything below runs on the BSP.
+    smp::start_aps(&boot, &mem);
 
     match CrashTest::from_cmdline(cmdline.unwrap_or("")) {
         Ok(Some(kind)) => crash::trigger(kind),
@@ -191,7 +202,10 @@ fn self_check() -> Result<(), &'static str> {
         if v.iter().sum::<u64>() != 49_995_000 {
             return Err("Vec contents are wrong");
         }
-        let big = Box::new([7u8; 64 * 1024]);
+        // Built on the heap: `Box::new([7u8; 65536])` would first put the
+        // array on the stack in a debug build, overflowing the 64 KiB boot
+        // stack into the boot page tables below it.
+        let big: Box<[u8]> = alloc::vec![7u8; 64 * 1024].into_boxed_slice();
         let text = alloc::format!(
             "{} {}",
             v.len(),

@@ -151,10 +151,18 @@ pub fn init() {
         // pointer writes, no reference to the `static mut`.
         unsafe { (*idt).0[usize::from(vector)] = gate };
     }
-    let pointer = DescriptorTablePointer::new(idt as u64, 256 * 16)
+    load();
+}
+
+/// Loads the shared IDT on this CPU: the BSP through [`init`], each AP
+/// once its own GDT and TSS are loaded (the gates' IST indexes then pick
+/// its own stacks).
+pub fn load() {
+    let pointer = DescriptorTablePointer::new((&raw const IDT) as u64, 256 * 16)
         .unwrap_or_else(|_| unreachable!("a 4 KiB IDT fits the limit field"));
     // SAFETY: the IDT is a static with valid gates for vectors 0-31 that
-    // point at the stubs above, with the kernel code selector.
+    // point at the stubs above, with the kernel code selector (filled by
+    // `init` on the BSP before any AP starts).
     unsafe { cpu::load_idt(&pointer) };
 }
 
