@@ -453,6 +453,7 @@ fn check_configs() -> Result<(), String> {
 /// console lines expected in order, and the hypervisor's exit value.
 struct Scenario {
     name: &'static str,
+    smp: u32,
     guests: &'static [&'static str],
     expect: &'static [&'static str],
     exit: i32,
@@ -461,6 +462,7 @@ struct Scenario {
 /// The end-to-end scenarios on QEMU/SVM (issue #3).
 const SCENARIOS: &[Scenario] = &[
     Scenario {
+        smp: 1,
         name: "hello",
         guests: &["hello"],
         expect: &[
@@ -473,6 +475,7 @@ const SCENARIOS: &[Scenario] = &[
         exit: 0,
     },
     Scenario {
+        smp: 1,
         name: "hypercall",
         guests: &["hypercall"],
         expect: &[
@@ -485,6 +488,7 @@ const SCENARIOS: &[Scenario] = &[
         exit: 0,
     },
     Scenario {
+        smp: 1,
         name: "mmio",
         guests: &["mmio"],
         expect: &[
@@ -495,6 +499,7 @@ const SCENARIOS: &[Scenario] = &[
         exit: 0,
     },
     Scenario {
+        smp: 1,
         name: "isolation",
         guests: &["isolation"],
         expect: &[
@@ -506,6 +511,7 @@ const SCENARIOS: &[Scenario] = &[
         exit: 5,
     },
     Scenario {
+        smp: 1,
         name: "triple-fault",
         guests: &["triple-fault"],
         expect: &[
@@ -516,6 +522,7 @@ const SCENARIOS: &[Scenario] = &[
         exit: 5,
     },
     Scenario {
+        smp: 1,
         name: "isolation then hello (the second VM finishes)",
         guests: &["isolation", "hello"],
         expect: &[
@@ -525,6 +532,18 @@ const SCENARIOS: &[Scenario] = &[
             "axhv: all VMs ended (1 exited, 1 stopped)",
         ],
         exit: 5,
+    },
+    Scenario {
+        smp: 2,
+        name: "two CPUs: the AP comes up, the guest runs on the BSP",
+        guests: &["hello"],
+        expect: &[
+            "CPU 1 online (APIC ID 1)",
+            "SMP: 2 of 2 CPUs online",
+            "[vm1] hello: ok",
+            "VM 1 (hello) exited with status 0",
+        ],
+        exit: 0,
     },
 ];
 
@@ -539,6 +558,7 @@ fn guest_scenarios() -> Result<(), String> {
         }
         let mut opts = parse_run(&args)?;
         opts.qemu.stream = false;
+        opts.qemu.smp = sc.smp;
         opts.qemu.mem = "256M".into();
         let out = boot(&opts)?;
         out.expect_in_order(sc.expect)
