@@ -3,7 +3,7 @@
 
 use core::arch::asm;
 
-use hv_app::port::{ExitCode, PortIo, request_power_off, request_power_off_with};
+use hv_app::port::{ExitCode, PortIo, request_power_off_with, write_exit_marker};
 
 /// Port I/O through `in`/`out` instructions.
 #[derive(Debug)]
@@ -81,19 +81,23 @@ pub fn halt_forever() -> ! {
 }
 
 /// Ends the run with `code` through the emulator's exit devices
-/// ([`request_power_off`]), then halts (on a machine without them).
+/// ([`hv_app::port::request_power_off`]), then halts (on a machine without
+/// them).
 pub fn power_off(code: ExitCode) -> ! {
-    // SAFETY: hv-app runs at CPL 0; the QEMU debug-exit and Bochs shutdown
-    // ports are emulator devices for exactly this, and unused on a PC.
-    let mut io = unsafe { Pio::new() };
-    request_power_off(&mut io, code);
-    halt_forever()
+    power_off_with(code as u32)
 }
 
 /// Ends the run with a raw debug-exit `value` (a guest's exit status),
-/// like [`power_off`].
+/// like [`power_off`]. The console's last line says `axhv: exit status
+/// <value>` first, for emulators without a debug-exit device (Bochs).
 pub fn power_off_with(value: u32) -> ! {
-    // SAFETY: as in `power_off`.
+    // The lock-free writer: this also runs from the panic handler, whose
+    // panicking code may hold the console lock.
+    let mut uart = crate::console::emergency();
+    let _ = write_exit_marker(&mut uart, value);
+    uart.flush();
+    // SAFETY: hv-app runs at CPL 0; the QEMU debug-exit and Bochs shutdown
+    // ports are emulator devices for exactly this, and unused on a PC.
     let mut io = unsafe { Pio::new() };
     request_power_off_with(&mut io, value);
     halt_forever()

@@ -60,6 +60,20 @@ impl ExitCode {
     }
 }
 
+/// The start of the last line hv-app prints before it powers off,
+/// `axhv: exit status N` with N the value written to the debug-exit port.
+/// Bochs has no `isa-debug-exit` device: `cargo xtask` reads the run's
+/// status from this line there.
+pub const EXIT_STATUS_MARKER: &str = "axhv: exit status ";
+
+/// Writes the [`EXIT_STATUS_MARKER`] line for `value` to `out`.
+pub fn write_exit_marker<W: core::fmt::Write + ?Sized>(
+    out: &mut W,
+    value: u32,
+) -> core::fmt::Result {
+    writeln!(out, "{EXIT_STATUS_MARKER}{value}")
+}
+
 /// Asks the emulator to end the run with `code`: writes it to QEMU's
 /// `isa-debug-exit` port, then `Shutdown` to Bochs's shutdown port. On a
 /// machine with neither device both writes go to unused ports and the
@@ -171,6 +185,16 @@ mod tests {
             })
             .collect();
         assert_eq!(bochs, b"Shutdown");
+    }
+
+    #[test]
+    fn exit_marker_line() {
+        let mut s = String::new();
+        write_exit_marker(&mut s, ExitCode::VmStopped as u32).unwrap();
+        assert_eq!(s, "axhv: exit status 5\n");
+        s.clear();
+        write_exit_marker(&mut s, 0x7e).unwrap();
+        assert_eq!(s, "axhv: exit status 126\n");
     }
 
     #[test]

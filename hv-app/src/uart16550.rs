@@ -46,6 +46,9 @@ const MCR_DTR_RTS: u8 = 0b11;
 const LSR_DATA_READY: u8 = 1 << 0;
 /// LSR bit 5: the transmit holding register is empty.
 const LSR_THR_EMPTY: u8 = 1 << 5;
+/// LSR bit 6: the transmitter is empty (holding and shift registers, and
+/// the FIFO).
+const LSR_TX_EMPTY: u8 = 1 << 6;
 
 /// How many times [`Uart16550::write_byte`] polls the line status before it
 /// writes anyway, so that a missing or stuck UART cannot hang the caller.
@@ -99,6 +102,18 @@ impl<P: PortIo> Uart16550<P> {
             core::hint::spin_loop();
         }
         self.io.outb(self.base + reg::DATA, byte);
+    }
+
+    /// Waits until every byte written has left the UART (LSR bit 6), or
+    /// [`TX_POLL_LIMIT`] polls: before powering off, so that an emulator
+    /// that stops at once still has the last line.
+    pub fn flush(&mut self) {
+        for _ in 0..TX_POLL_LIMIT {
+            if self.io.inb(self.base + reg::LSR) & LSR_TX_EMPTY != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     /// A received byte, if one is waiting.
@@ -209,6 +224,26 @@ mod tests {
         uart.write_byte(b'x');
         assert_eq!(uart.io.log.len(), TX_POLL_LIMIT as usize + 1);
         assert_eq!(uart.io.writes(), vec![(0x3f8, u32::from(b'x'), 1)]);
+    }
+
+    #[test]
+    fn flush_waits_for_transmitter_empty() {
+        // LSR 0x20 (THRE only: the FIFO is empty, the shift register not)
+        // twice, then 0x60 (THRE and TEMT).
+        let mut polls = 0;
+        let mut uart = Uart16550::new(
+            FakePorts::new(move |_| {
+                polls += 1;
+                if polls > 2 { 0x60 } else { 0x20 }
+            }),
+            COM1_BASE,
+        );
+        uart.flush();
+        assert_eq!(uart.io.log, vec![Access::In(0x3fd, 1); 3]);
+        let mut stuck = Uart16550::new(FakePorts::new(|_| 0x20), COM1_BASE);
+        stuck.flush();
+        assert_eq!(stuck.io.log.len(), TX_POLL_LIMIT as usize);
+        assert!(stuck.io.writes().is_empty());
     }
 
     #[test]

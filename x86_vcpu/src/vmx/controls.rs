@@ -366,6 +366,31 @@ impl VmxCaps {
     pub const fn invept(&self) -> bool {
         self.ept_vpid & (1 << 20) != 0
     }
+
+    /// `IA32_VMX_EPT_VPID_CAP` bit 25: single-context INVEPT (type 1).
+    pub const fn invept_single_context(&self) -> bool {
+        self.invept() && self.ept_vpid & (1 << 25) != 0
+    }
+
+    /// `IA32_VMX_EPT_VPID_CAP` bit 26: all-context INVEPT (type 2).
+    pub const fn invept_all_context(&self) -> bool {
+        self.invept() && self.ept_vpid & (1 << 26) != 0
+    }
+
+    /// `IA32_VMX_EPT_VPID_CAP` bit 32: INVVPID.
+    pub const fn invvpid(&self) -> bool {
+        self.ept_vpid & (1 << 32) != 0
+    }
+
+    /// `IA32_VMX_EPT_VPID_CAP` bit 41: single-context INVVPID (type 1).
+    pub const fn invvpid_single_context(&self) -> bool {
+        self.invvpid() && self.ept_vpid & (1 << 41) != 0
+    }
+
+    /// `IA32_VMX_EPT_VPID_CAP` bit 42: all-context INVVPID (type 2).
+    pub const fn invvpid_all_context(&self) -> bool {
+        self.invvpid() && self.ept_vpid & (1 << 42) != 0
+    }
 }
 
 /// CR0 bits.
@@ -423,6 +448,17 @@ pub fn check_cr(name: &'static str, value: u64, fixed0: u64, fixed1: u64) -> Res
         });
     }
     Ok(())
+}
+
+/// The CR0 value to run VMXON with: `cr0` with CR0.NE set when
+/// `IA32_VMX_CR0_FIXED0` demands it (firmware and boot loaders often leave
+/// it clear; setting it only selects native x87 error reporting). Any other
+/// fixed-bit violation (PE or PG clear, a must-be-0 bit set) cannot be
+/// repaired here and is returned as [`Error::FixedBitsViolated`].
+pub fn cr0_for_vmxon(cr0_value: u64, fixed0: u64, fixed1: u64) -> Result<u64> {
+    let value = cr0_value | (fixed0 & cr0::NE);
+    check_cr("CR0", value, fixed0, fixed1)?;
+    Ok(value)
 }
 
 /// The CR0 bits a *guest* must keep 1: `IA32_VMX_CR0_FIXED0`, minus PE and PG
@@ -562,6 +598,10 @@ pub(crate) mod tests {
         assert_eq!(c.exit as u32, 0x0003_6dfb);
         assert_eq!(c.proc2, 0x0055_3cfe_0000_0000);
         assert!(c.ept_4level() && c.ept_wb() && c.ept_ad() && c.invept());
+        // EPT_VPID_CAP 0x0000_0f01_0673_4141: bits 25, 26 (INVEPT single,
+        // all), 32 (INVVPID), 41, 42 (INVVPID single, all).
+        assert!(c.invept_single_context() && c.invept_all_context());
+        assert!(c.invvpid() && c.invvpid_single_context() && c.invvpid_all_context());
 
         // Without bit 55 the plain MSRs are used.
         let mut m = skylake_msrs();
@@ -625,6 +665,38 @@ pub(crate) mod tests {
         let caps = VmxCaps::read(&skylake_msrs());
         assert_eq!(guest_cr0_fixed0(&caps, true), 0x20);
         assert_eq!(guest_cr0_fixed0(&caps, false), 0x8000_0021);
+    }
+
+    #[test]
+    fn cr0_for_vmxon_sets_ne_only() {
+        // GRUB under Bochs leaves CR0 = 0xe0010011 (PG, CD, NW, WP, ET, PE):
+        // NE is added, CD and NW stay (CR0_FIXED1 allows them).
+        assert_eq!(
+            cr0_for_vmxon(0xe001_0011, 0x8000_0021, 0xffff_ffff),
+            Ok(0xe001_0031)
+        );
+        assert_eq!(
+            cr0_for_vmxon(0x8005_0033, 0x8000_0021, 0xffff_ffff),
+            Ok(0x8005_0033)
+        );
+        // Paging off cannot be repaired: PG is reported, NE already added.
+        assert_eq!(
+            cr0_for_vmxon(0x11, 0x8000_0021, 0xffff_ffff),
+            Err(Error::FixedBitsViolated {
+                register: "CR0",
+                value: 0x31,
+                must_be_one: 0x8000_0000,
+                must_be_zero: 0
+            })
+        );
+        // A must-be-0 bit (here CD, if FIXED1 forbade it) is refused.
+        assert!(matches!(
+            cr0_for_vmxon(0xc000_0031, 0x8000_0021, 0xbfff_ffff),
+            Err(Error::FixedBitsViolated {
+                must_be_zero: 0x4000_0000,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -188,6 +188,51 @@ impl ExitReasonField {
     }
 }
 
+/// A VM entry that failed while or after loading the guest state: the
+/// processor reports it as a VM exit with bit 31 of the exit reason set
+/// (SDM 27.8) and the cause in the exit qualification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFailure {
+    /// The raw exit reason field (bit 31 set).
+    pub raw_reason: u32,
+    /// The exit qualification.
+    pub qualification: u64,
+}
+
+impl EntryFailure {
+    /// The failure in words: the basic reason (33 invalid guest state,
+    /// 34 MSR loading, 41 machine-check event) refined by the qualification
+    /// (SDM 27.8: for reason 33, 2 = loading the PDPTEs, 3 = NMI injection
+    /// while blocked by STI, 4 = invalid VMCS link pointer; for reason 34
+    /// the 1-based index of the failing MSR-load entry).
+    pub fn description(&self) -> &'static str {
+        match (
+            ExitReasonField::from_raw(self.raw_reason).basic,
+            self.qualification,
+        ) {
+            (33, 2) => "invalid guest state: loading the PDPTEs failed",
+            (33, 3) => "invalid guest state: NMI injection while blocked by STI",
+            (33, 4) => "invalid guest state: invalid VMCS link pointer",
+            (33, _) => "invalid guest state (SDM 27.3 guest-state checks)",
+            (34, _) => "MSR loading failed (the qualification is the entry index)",
+            (41, _) => "machine-check event during VM entry",
+            _ => "unknown VM-entry failure",
+        }
+    }
+}
+
+impl core::fmt::Display for EntryFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "VM-entry failure, exit reason {:#x}, qualification {:#x}: {}",
+            self.raw_reason,
+            self.qualification,
+            self.description()
+        )
+    }
+}
+
 /// Exit qualification of an I/O instruction exit (SDM table 28-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoQualification {
@@ -467,6 +512,32 @@ mod tests {
         let f = ExitReasonField::from_raw(0x8000_0021);
         assert!(f.entry_failure);
         assert_eq!(f.reason(), Ok(VmxExitReason::EntryFailInvalidGuestState));
+        let e = EntryFailure {
+            raw_reason: 0x8000_0021,
+            qualification: 0,
+        };
+        assert_eq!(
+            e.description(),
+            "invalid guest state (SDM 27.3 guest-state checks)"
+        );
+        assert_eq!(
+            alloc::format!("{e}"),
+            "VM-entry failure, exit reason 0x80000021, qualification 0x0: \
+             invalid guest state (SDM 27.3 guest-state checks)"
+        );
+        let link = EntryFailure {
+            qualification: 4,
+            ..e
+        };
+        assert_eq!(
+            link.description(),
+            "invalid guest state: invalid VMCS link pointer"
+        );
+        let msr = EntryFailure {
+            raw_reason: 0x8000_0022,
+            qualification: 1,
+        };
+        assert!(msr.description().starts_with("MSR loading"));
         let f = ExitReasonField::from_raw(30);
         assert!(!f.entry_failure);
         assert_eq!(f.reason(), Ok(VmxExitReason::IoInstruction));

@@ -8,6 +8,7 @@ pub mod event;
 pub mod exit;
 #[cfg(target_os = "none")]
 mod hw;
+pub mod invalidate;
 mod percpu;
 pub mod setup;
 mod vcpu;
@@ -18,10 +19,14 @@ pub use bitmap::{MsrAccessKind, VmxIoBitmap, VmxMsrBitmap};
 pub use controls::{VmxBasic, VmxCaps, adjust_controls};
 pub use ept::eptp;
 pub use event::{InterruptionInfo, InterruptionType};
-pub use exit::{ExitReasonField, VmInstructionError, VmxExitReason, instruction_error_message};
+pub use exit::{
+    EntryFailure, ExitReasonField, VmInstructionError, VmxExitReason, instruction_error_message,
+};
+pub use invalidate::{GuestTlbFlush, InveptType, InvvpidType, guest_tlb_flush};
 pub use percpu::VmxPerCpu;
 pub use setup::{
-    HostState, VmxControlsConfig, write_controls, write_guest_state, write_host_state,
+    HostState, VmxControlsConfig, system_descriptor_base, write_controls, write_guest_state,
+    write_host_state,
 };
 pub use vcpu::VmxVcpu;
 pub use vmcs::{FakeVmcs, VmcsAccess, VmcsField};

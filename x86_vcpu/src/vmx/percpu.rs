@@ -2,7 +2,9 @@
 
 use axvcpu::AxArchPerCpu;
 
-use super::controls::{FeatureControlAction, VmxCaps, check_cr, cr4, feature_control_action};
+use super::controls::{
+    FeatureControlAction, VmxCaps, check_cr, cr0, cr0_for_vmxon, cr4, feature_control_action,
+};
 use super::vmx_ops::VmxCpuOps;
 use crate::hal::{Hal, PhysFrames};
 use crate::msr::{self, MsrAccess};
@@ -14,6 +16,7 @@ pub struct VmxPerCpu<H: Hal> {
     cpu_id: usize,
     vmxon_region: Option<PhysFrames<H>>,
     caps: Option<VmxCaps>,
+    cr0_before: u64,
     cr4_before: u64,
 }
 
@@ -34,9 +37,10 @@ impl<H: Hal> VmxPerCpu<H> {
 
     /// Turns VMX on (SDM 24.7): CPUID VMX bit, `IA32_FEATURE_CONTROL`
     /// (locking it with VMX enabled if firmware left it open), the basic
-    /// capabilities, CR0 against its fixed bits, CR4.VMXE (with CR4 checked
-    /// against its fixed bits), a VMXON region with the revision identifier,
-    /// then VMXON. On a VMXON failure CR4 is restored.
+    /// capabilities, CR0 against its fixed bits (CR0.NE is set if the
+    /// processor demands it, see [`cr0_for_vmxon`]), CR4.VMXE (with CR4
+    /// checked against its fixed bits), a VMXON region with the revision
+    /// identifier, then VMXON. On a VMXON failure CR0 and CR4 are restored.
     pub fn enable_with(
         &mut self,
         msrs: &mut impl MsrAccess,
@@ -57,25 +61,34 @@ impl<H: Hal> VmxPerCpu<H> {
         }
         let caps = VmxCaps::read(msrs);
         caps.basic.validate()?;
-        check_cr("CR0", cpu.read_cr0(), caps.cr0_fixed0, caps.cr0_fixed1)?;
+        let cr0_before = cpu.read_cr0();
+        let cr0_on = cr0_for_vmxon(cr0_before, caps.cr0_fixed0, caps.cr0_fixed1)?;
         let cr4_before = cpu.read_cr4();
         let cr4_on = cr4_before | cr4::VMXE;
         check_cr("CR4", cr4_on, caps.cr4_fixed0, caps.cr4_fixed1)?;
 
         let mut region = PhysFrames::<H>::alloc_zeroed(1, "VMXON region")?;
         region.as_mut()[..4].copy_from_slice(&caps.basic.revision_id.to_le_bytes());
+        if cr0_on != cr0_before {
+            cpu.write_cr0(cr0_on);
+        }
         cpu.write_cr4(cr4_on);
         if let Err(e) = cpu.vmxon(region.paddr()) {
             cpu.write_cr4(cr4_before);
+            if cr0_on != cr0_before {
+                cpu.write_cr0(cr0_before);
+            }
             return Err(e);
         }
         self.vmxon_region = Some(region);
         self.caps = Some(caps);
+        self.cr0_before = cr0_before;
         self.cr4_before = cr4_before;
         Ok(())
     }
 
-    /// Turns VMX off: VMXOFF, CR4.VMXE back to its previous value, region freed.
+    /// Turns VMX off: VMXOFF, CR4.VMXE and CR0.NE back to their previous
+    /// values, region freed.
     pub fn disable_with(&mut self, cpu: &mut impl VmxCpuOps) -> Result {
         if self.vmxon_region.is_none() {
             return Err(Error::InvalidArgument("VMX not enabled on this CPU"));
@@ -83,6 +96,11 @@ impl<H: Hal> VmxPerCpu<H> {
         cpu.vmxoff()?;
         let cr4_now = cpu.read_cr4();
         cpu.write_cr4((cr4_now & !cr4::VMXE) | (self.cr4_before & cr4::VMXE));
+        let cr0_now = cpu.read_cr0();
+        let cr0_back = (cr0_now & !cr0::NE) | (self.cr0_before & cr0::NE);
+        if cr0_back != cr0_now {
+            cpu.write_cr0(cr0_back);
+        }
         self.vmxon_region = None;
         Ok(())
     }
@@ -94,6 +112,7 @@ impl<H: Hal> AxArchPerCpu for VmxPerCpu<H> {
             cpu_id,
             vmxon_region: None,
             caps: None,
+            cr0_before: 0,
             cr4_before: 0,
         })
     }
@@ -111,7 +130,11 @@ impl<H: Hal> AxArchPerCpu for VmxPerCpu<H> {
             // when the capability bits say they exist.
             let (mut msrs, mut cpu) =
                 unsafe { (crate::msr::HwMsr::new(), super::hw::HwVmxCpu::new()) };
-            Ok(self.enable_with(&mut msrs, &crate::vendor::HwCpuid, &mut cpu)?)
+            self.enable_with(&mut msrs, &crate::vendor::HwCpuid, &mut cpu)
+                .map_err(|e| {
+                    log::error!("VMX on CPU {}: {e}", self.cpu_id);
+                    e.into()
+                })
         }
         #[cfg(not(target_os = "none"))]
         Err(axvcpu::Error::Unsupported(
@@ -124,7 +147,10 @@ impl<H: Hal> AxArchPerCpu for VmxPerCpu<H> {
         {
             // SAFETY: as in `hardware_enable`; VMX is on.
             let mut cpu = unsafe { super::hw::HwVmxCpu::new() };
-            Ok(self.disable_with(&mut cpu)?)
+            self.disable_with(&mut cpu).map_err(|e| {
+                log::error!("VMX off on CPU {}: {e}", self.cpu_id);
+                e.into()
+            })
         }
         #[cfg(not(target_os = "none"))]
         Err(axvcpu::Error::Unsupported(
@@ -184,6 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn enable_sets_cr0_ne_and_disable_clears_it_again() {
+        // GRUB under Bochs: CR0 = PG|CD|NW|WP|ET|PE, NE clear.
+        let mut p = percpu();
+        let mut c = FakeVmxCpu {
+            cr0: 0xe001_0011,
+            ..cpu()
+        };
+        p.enable_with(&mut skylake_msrs().with(0x3a, 5), &intel(), &mut c)
+            .unwrap();
+        assert_eq!(c.cr0, 0xe001_0031);
+        assert_eq!(c.log, ["write_cr0", "write_cr4", "vmxon"]);
+        p.disable_with(&mut c).unwrap();
+        assert_eq!((c.cr0, c.cr4), (0xe001_0011, 0x06a0));
+    }
+
+    #[test]
     fn locked_feature_control_is_left_alone_or_fatal() {
         let mut p = percpu();
         let mut msrs = skylake_msrs().with(msr::IA32_FEATURE_CONTROL, 0x5);
@@ -209,19 +251,20 @@ mod tests {
             p.enable_with(&mut skylake_msrs(), &amd, &mut cpu()),
             Err(Error::VirtualizationUnavailable(_))
         ));
-        // CR0 without NE violates CR0_FIXED0 (0x80000021).
+        // CR0 without PG violates CR0_FIXED0 (0x80000021) beyond repair.
         let mut c = FakeVmxCpu {
-            cr0: 0x8005_0013,
+            cr0: 0x0005_0033,
             ..cpu()
         };
         assert!(matches!(
             p.enable_with(&mut skylake_msrs().with(0x3a, 5), &intel(), &mut c),
             Err(Error::FixedBitsViolated {
                 register: "CR0",
-                must_be_one: 0x20,
+                must_be_one: 0x8000_0000,
                 ..
             })
         ));
+        assert!(c.log.is_empty());
         // VMXON failure restores CR4.
         let mut c = FakeVmxCpu {
             fail_vmxon: true,
@@ -233,6 +276,21 @@ mod tests {
         );
         assert_eq!(c.cr4, 0x06a0);
         assert!(!p.is_enabled());
+        // ... and CR0 too, when NE had to be set for it.
+        let mut c = FakeVmxCpu {
+            fail_vmxon: true,
+            cr0: 0x8005_0013,
+            ..cpu()
+        };
+        assert_eq!(
+            p.enable_with(&mut skylake_msrs().with(0x3a, 5), &intel(), &mut c),
+            Err(Error::VmFailInvalid)
+        );
+        assert_eq!((c.cr0, c.cr4), (0x8005_0013, 0x06a0));
+        assert_eq!(
+            c.log,
+            ["write_cr0", "write_cr4", "vmxon", "write_cr4", "write_cr0"]
+        );
         // On the host the trait path refuses instead of faulting.
         assert!(matches!(
             p.hardware_enable(),

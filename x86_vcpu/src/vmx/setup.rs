@@ -365,19 +365,56 @@ pub struct HostState {
     pub gdtr_base: u64,
     /// IDTR base.
     pub idtr_base: u64,
+    /// GDTR limit. Not in the VMCS: VM exits set the limit to 0xFFFF
+    /// (SDM 28.5.2), so the entry path loads the GDTR again with it.
+    pub gdtr_limit: u16,
+    /// IDTR limit, reloaded after exits like [`HostState::gdtr_limit`].
+    pub idtr_limit: u16,
     /// IA32_EFER.
     pub efer: u64,
     /// IA32_PAT.
     pub pat: u64,
-    /// RSP at VM exit.
+    /// IA32_SYSENTER_CS.
+    pub sysenter_cs: u32,
+    /// IA32_SYSENTER_ESP.
+    pub sysenter_esp: u64,
+    /// IA32_SYSENTER_EIP.
+    pub sysenter_eip: u64,
+    /// RSP at VM exit. The entry assembly writes the real value just
+    /// before each entry (it depends on the call depth).
     pub rsp: u64,
     /// RIP at VM exit (the exit handler entry).
     pub rip: u64,
 }
 
+/// The base address in a 16-byte 64-bit system-segment descriptor (TSS or
+/// LDT; SDM vol. 3 figure 8-4): bits 15:0 in bits 31:16 of the low
+/// quadword, bits 23:16 in bits 39:32, bits 31:24 in bits 63:56, bits 63:32
+/// in the low half of the high quadword. VM exits need it as the host TR
+/// base, which no instruction reads directly.
+pub const fn system_descriptor_base(low: u64, high: u64) -> u64 {
+    ((low >> 16) & 0xff_ffff) | (((low >> 56) & 0xff) << 24) | ((high & 0xffff_ffff) << 32)
+}
+
 /// Writes the host-state area. Host selectors must have RPL 0 and TI 0 and
-/// CS and TR must be non-null (SDM 27.2.3).
+/// CS and TR must be non-null (SDM 27.2.3); the base addresses and
+/// SYSENTER_ESP/EIP must be canonical (SDM 27.2.2/27.2.3).
 pub fn write_host_state(vmcs: &mut impl VmcsAccess, h: &HostState) -> Result {
+    let canonical = |a: u64| ((a as i64) << 16 >> 16) as u64 == a;
+    for a in [
+        h.fs_base,
+        h.gs_base,
+        h.tr_base,
+        h.gdtr_base,
+        h.idtr_base,
+        h.sysenter_esp,
+        h.sysenter_eip,
+        h.rip,
+    ] {
+        if !canonical(a) {
+            return Err(Error::InvalidArgument("non-canonical host address"));
+        }
+    }
     for sel in [h.cs, h.ss, h.ds, h.es, h.fs, h.gs, h.tr] {
         if sel & 7 != 0 {
             return Err(Error::InvalidArgument("host selector with RPL or TI set"));
@@ -409,9 +446,9 @@ pub fn write_host_state(vmcs: &mut impl VmcsAccess, h: &HostState) -> Result {
         (F::HOST_IDTR_BASE, h.idtr_base),
         (F::HOST_IA32_EFER, h.efer),
         (F::HOST_IA32_PAT, h.pat),
-        (F::HOST_IA32_SYSENTER_ESP, 0),
-        (F::HOST_IA32_SYSENTER_EIP, 0),
-        (F::HOST_IA32_SYSENTER_CS, 0),
+        (F::HOST_IA32_SYSENTER_ESP, h.sysenter_esp),
+        (F::HOST_IA32_SYSENTER_EIP, h.sysenter_eip),
+        (F::HOST_IA32_SYSENTER_CS, h.sysenter_cs.into()),
         (F::HOST_RSP, h.rsp),
         (F::HOST_RIP, h.rip),
     ];
@@ -577,5 +614,37 @@ mod tests {
         assert_eq!(v.get(F::HOST_CR4), Some(0x2020));
         assert!(write_host_state(&mut FakeVmcs::new(), &HostState { cs: 0x0b, ..h }).is_err());
         assert!(write_host_state(&mut FakeVmcs::new(), &HostState { tr: 0, ..h }).is_err());
+        let bad = HostState {
+            gs_base: 0x0000_8000_0000_0000,
+            ..h
+        };
+        assert!(write_host_state(&mut FakeVmcs::new(), &bad).is_err());
+        let h = HostState {
+            sysenter_cs: 0x10,
+            sysenter_esp: 0xffff_8000_0000_2000,
+            sysenter_eip: 0xffff_8000_0000_3000,
+            gs_base: 0x19b000,
+            ..h
+        };
+        write_host_state(&mut v, &h).unwrap();
+        assert_eq!(v.get(F::HOST_IA32_SYSENTER_CS), Some(0x10));
+        assert_eq!(
+            v.get(F::HOST_IA32_SYSENTER_EIP),
+            Some(0xffff_8000_0000_3000)
+        );
+        assert_eq!(v.get(F::HOST_GS_BASE), Some(0x19b000));
+    }
+
+    #[test]
+    fn tss_descriptor_base() {
+        // A 64-bit TSS at 0xffff_8000_1234_5678, limit 0x67, type 9, present
+        // (SDM figure 8-4): low = base[31:24] << 56 | 0x89 << 40 |
+        // base[23:16] << 32 | base[15:0] << 16 | limit, high = base[63:32].
+        let low = (0x12u64 << 56) | (0x89 << 40) | (0x34 << 32) | (0x5678 << 16) | 0x67;
+        let high = 0xffff_8000u64;
+        assert_eq!(system_descriptor_base(low, high), 0xffff_8000_1234_5678);
+        // hv-app's TSS at 0x1f0080 (no high bits).
+        let low = (0x89u64 << 40) | (0x1f << 32) | (0x0080 << 16) | 0x67;
+        assert_eq!(system_descriptor_base(low, 0), 0x1f_0080);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Setup, interrupt injection and exit handling work on any [`VmcsAccess`]
 //! and are tested with [`super::FakeVmcs`]; the trait methods use the real
-//! VMCS (bare metal only). VM entry (VMLAUNCH/VMRESUME and the host-state
-//! capture it needs) is not written yet: `run` returns `Unsupported`.
+//! VMCS (bare metal only): `run` writes the host state after each `bind`,
+//! flushes stale EPT/VPID translations when needed, enters the guest with
+//! VMLAUNCH (first entry after a VMCLEAR) or VMRESUME, and decodes the exit.
 
 use axaddrspace::{GuestPhysAddr, HostPhysAddr};
 use axvcpu::{AxArchVCpu, AxVCpuExitReason};
@@ -14,10 +15,13 @@ use super::controls::{
 };
 use super::event::{InterruptionInfo, InterruptionType};
 use super::exit::{
-    CrAccessType, CrQualification, EptViolationQualification, ExitReasonField, IoQualification,
-    VmxExitReason,
+    CrAccessType, CrQualification, EntryFailure, EptViolationQualification, ExitReasonField,
+    IoQualification, VmxExitReason,
 };
-use super::setup::{VmxControlsConfig, write_controls, write_guest_state};
+use super::invalidate::{GuestTlbFlush, guest_tlb_flush};
+use super::setup::{
+    HostState, VmxControlsConfig, write_controls, write_guest_state, write_host_state,
+};
 use super::vmcs::{VmcsAccess, VmcsField as F};
 use crate::cpuid::CpuidPolicy;
 use crate::hal::{Hal, PAGE_SIZE, PhysFrames};
@@ -72,6 +76,18 @@ pub struct VmxVcpu<H: Hal> {
     pending_eptp: Option<u64>,
     /// Guest state saved at the last EPT violation, for MMIO decoding.
     fault_location: Option<(GuestCodeLocation, u64)>,
+    /// Where the guest was after the last exit was handled.
+    exit_location: Option<GuestCodeLocation>,
+    /// The VMCS was launched since its last VMCLEAR: enter with VMRESUME.
+    launched: bool,
+    /// The host state was written into the VMCS since the last `bind`.
+    host_state_written: bool,
+    /// The host state written (for the descriptor-table reload after exits).
+    host: Option<HostState>,
+    /// Invalidate this vCPU's EPT and VPID translations before the next entry.
+    tlb_flush_pending: bool,
+    /// The last VM-entry failure reported as an exit (bit 31).
+    entry_failure: Option<EntryFailure>,
 }
 
 impl<H: Hal> core::fmt::Debug for VmxVcpu<H> {
@@ -124,7 +140,92 @@ impl<H: Hal> VmxVcpu<H> {
             pending_rip: None,
             pending_eptp: None,
             fault_location: None,
+            exit_location: None,
+            launched: false,
+            host_state_written: false,
+            host: None,
+            tlb_flush_pending: true,
+            entry_failure: None,
         })
+    }
+
+    /// The last VM-entry failure the processor reported as a VM exit with
+    /// bit 31 of the exit reason set, with its exit qualification.
+    pub fn entry_failure(&self) -> Option<EntryFailure> {
+        self.entry_failure
+    }
+
+    /// Asks for the vCPU's cached guest-physical (EPT) and linear (VPID)
+    /// translations to be invalidated before its next entry: needed after
+    /// a mapping of its nested page table was removed or restricted.
+    /// Binding and a new EPT root request it by themselves.
+    pub fn flush_guest_tlb(&mut self) {
+        self.tlb_flush_pending = true;
+    }
+
+    /// Whether a guest TLB flush waits for the next entry.
+    pub fn guest_tlb_flush_pending(&self) -> bool {
+        self.tlb_flush_pending
+    }
+
+    /// Whether the VMCS was launched since its last VMCLEAR: the next entry
+    /// is then VMRESUME, else VMLAUNCH (SDM 25.11.3). A VM exit that is not
+    /// a VM-entry failure sets it ([`VmxVcpu::handle_exit`]).
+    pub fn launched(&self) -> bool {
+        self.launched
+    }
+
+    /// The host state last written into the VMCS, if any since the last
+    /// bind.
+    pub fn host_state(&self) -> Option<&HostState> {
+        self.host.as_ref().filter(|_| self.host_state_written)
+    }
+
+    /// Writes the host-state area from `capture()` unless it was written
+    /// since the vCPU was last bound to a CPU (the host state is that
+    /// CPU's: its GDT, TSS, per-CPU GS base). HOST_RSP is written by the
+    /// entry routine itself.
+    pub fn write_host_state_once(
+        &mut self,
+        vmcs: &mut impl VmcsAccess,
+        capture: impl FnOnce() -> HostState,
+    ) -> Result {
+        if self.host_state_written {
+            return Ok(());
+        }
+        let host = capture();
+        write_host_state(vmcs, &host)?;
+        self.host = Some(host);
+        self.host_state_written = true;
+        Ok(())
+    }
+
+    /// Bookkeeping after VMCLEAR: the launch state is "clear" and the next
+    /// CPU to load the VMCS writes its own host state.
+    #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+    fn after_vmclear(&mut self) {
+        self.launched = false;
+        self.host_state_written = false;
+    }
+
+    /// Bookkeeping after VMPTRLD on a CPU: that CPU's host state is written
+    /// at the next entry, and translations it cached with this vCPU's tags
+    /// (possibly another VM's, with the same EPT root frame or VPID) are
+    /// flushed.
+    #[cfg_attr(not(target_os = "none"), allow(dead_code))]
+    fn after_vmptrld(&mut self) {
+        self.host_state_written = false;
+        self.tlb_flush_pending = true;
+    }
+
+    /// The INVEPT/INVVPID to run before the next entry, if one is pending,
+    /// for the EPT pointer in `vmcs`.
+    pub fn pending_tlb_flush(&self, vmcs: &impl VmcsAccess) -> Result<Option<GuestTlbFlush>> {
+        if !self.tlb_flush_pending {
+            return Ok(None);
+        }
+        let eptp = vmcs.read(F::EPT_POINTER)?;
+        guest_tlb_flush(&self.caps, eptp, Some(self.vpid)).map(Some)
     }
 
     /// The vCPU id.
@@ -246,7 +347,9 @@ impl<H: Hal> VmxVcpu<H> {
         }
         if let Some(eptp) = self.pending_eptp.take() {
             vmcs.write(F::EPT_POINTER, eptp)?;
+            self.tlb_flush_pending = true;
         }
+        Self::sync_ia32e_mode(vmcs)?;
         if vmcs.read(F::VMENTRY_INTERRUPTION_INFO)? & super::event::INTR_INFO_VALID as u64 != 0 {
             return Ok(()); // An event is being (re)delivered first.
         }
@@ -263,6 +366,21 @@ impl<H: Hal> VmxVcpu<H> {
         } else {
             Self::set_proc_control(vmcs, ProcControls::INTERRUPT_WINDOW_EXITING, true)
         }
+    }
+
+    /// Keeps the "IA-32e mode guest" entry control equal to the guest's
+    /// EFER.LMA (SDM 26.3.1.1 checks it when "load IA32_EFER" is on). An
+    /// unrestricted guest turns long mode on and off by itself: CR0.PG is
+    /// not intercepted, the processor sets EFER.LMA and the exit saves it.
+    fn sync_ia32e_mode(vmcs: &mut impl VmcsAccess) -> Result {
+        let lma = vmcs.read(F::GUEST_IA32_EFER)? & efer::LMA != 0;
+        let entry = vmcs.read(F::VMENTRY_CONTROLS)?;
+        let ia32e = u64::from(EntryControls::IA32E_MODE_GUEST.bits());
+        let want = if lma { entry | ia32e } else { entry & !ia32e };
+        if want != entry {
+            vmcs.write(F::VMENTRY_CONTROLS, want)?;
+        }
+        Ok(())
     }
 
     fn advance_rip(vmcs: &mut impl VmcsAccess) -> Result {
@@ -315,10 +433,18 @@ impl<H: Hal> VmxVcpu<H> {
         let raw = vmcs.read(F::VM_EXIT_REASON)? as u32;
         let field = ExitReasonField::from_raw(raw);
         if field.entry_failure {
+            let failure = EntryFailure {
+                raw_reason: raw,
+                qualification: vmcs.read(F::EXIT_QUALIFICATION)?,
+            };
+            log::error!("VMX vCPU {}: {failure}", self.id);
+            self.entry_failure = Some(failure);
             return Ok(R::FailEntry {
                 hardware_entry_failure_reason: raw.into(),
             });
         }
+        // Any other exit means the entry succeeded: the VMCS is launched.
+        self.launched = true;
         self.rsp = vmcs.read(F::GUEST_RSP)?;
         self.fault_location = None;
         // An event whose delivery the exit interrupted is delivered again.
@@ -558,6 +684,79 @@ impl<H: Hal> VmxVcpu<H> {
     }
 }
 
+#[cfg(target_os = "none")]
+impl<H: Hal> VmxVcpu<H> {
+    /// One VM entry and the handling of the exit that ends it, on the real
+    /// VMCS (current since `bind`).
+    fn run_on_hardware(&mut self) -> Result<AxVCpuExitReason> {
+        use super::hw;
+
+        // SAFETY: `bind` made this vCPU's VMCS current on this CPU (the
+        // `AxVCpu` state machine only runs a bound vCPU) and VMX is on.
+        let mut vmcs = unsafe { hw::HwVmcs::new() };
+        self.write_host_state_once(&mut vmcs, || {
+            // SAFETY: CPL 0 in 64-bit mode on the host's own GDT and TSS.
+            unsafe { hw::host_state() }
+        })?;
+        self.prepare_entry(&mut vmcs)?;
+        if let Some(flush) = self.pending_tlb_flush(&vmcs)? {
+            // SAFETY: VMX root operation; `guest_tlb_flush` chose types the
+            // capability MSR offers.
+            unsafe {
+                hw::invept(flush.invept.0, &flush.invept.1)?;
+                if let Some((kind, desc)) = flush.invvpid {
+                    hw::invvpid(kind, &desc)?;
+                }
+            }
+            self.tlb_flush_pending = false;
+        }
+        self.entry_failure = None;
+        self.fault_location = None;
+        // SAFETY: the VMCS is current with controls and guest state from
+        // `setup` and the host state just checked; `launched` tracks the
+        // launch state since the last VMCLEAR; XCR0 was validated by the
+        // XSETBV exit handler (or is the initial 1).
+        let entered = unsafe { hw::vmenter(&mut self.regs, self.launched, self.guest_xcr0) };
+        if let Some(host) = &self.host {
+            // SAFETY: the tables captured with the host state, on this CPU.
+            unsafe { hw::reload_descriptor_tables(host) };
+        }
+        if let Err(e) = entered {
+            let ctl = |f| vmcs.read(f).unwrap_or(u64::MAX);
+            log::error!(
+                "VMX vCPU {}: {} failed: {e}; pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} \
+                 entry {:#x}, guest CR0 {:#x} CR4 {:#x} EFER {:#x} RIP {:#x}",
+                self.id,
+                if self.launched {
+                    "VMRESUME"
+                } else {
+                    "VMLAUNCH"
+                },
+                ctl(F::PIN_BASED_VM_EXEC_CONTROL),
+                ctl(F::CPU_BASED_VM_EXEC_CONTROL),
+                ctl(F::SECONDARY_VM_EXEC_CONTROL),
+                ctl(F::VMEXIT_CONTROLS),
+                ctl(F::VMENTRY_CONTROLS),
+                ctl(F::GUEST_CR0),
+                ctl(F::GUEST_CR4),
+                ctl(F::GUEST_IA32_EFER),
+                ctl(F::GUEST_RIP),
+            );
+            return Err(e);
+        }
+        let raw = vmcs.read(F::VM_EXIT_REASON)? as u32;
+        let exit = self.handle_exit(&mut vmcs, &crate::vendor::HwCpuid)?;
+        self.exit_location = Self::code_location(&vmcs).ok().map(|(l, _)| l);
+        if ExitReasonField::from_raw(raw).basic == VmxExitReason::ExceptionNmi as u16 {
+            // An NMI meant for the host made the exit (handle_exit refuses
+            // any other exception, none being intercepted).
+            // SAFETY: CPL 0 with the host IDT loaded again.
+            unsafe { hw::raise_host_nmi() };
+        }
+        Ok(exit)
+    }
+}
+
 impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
     type CreateConfig = X86VcpuCreateConfig;
     type SetupConfig = X86VcpuSetupConfig;
@@ -618,6 +817,8 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
                 super::hw::vmptrld(pa)?;
                 let r = self.setup_with(&mut super::hw::HwVmcs::new(), &config);
                 super::hw::vmclear(pa)?;
+                self.after_vmclear();
+                self.tlb_flush_pending = true;
                 Ok(r?)
             }
         }
@@ -634,8 +835,16 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
         if !self.ready {
             return Err(axvcpu::Error::BadState);
         }
+        #[cfg(target_os = "none")]
+        {
+            self.run_on_hardware().map_err(|e| {
+                log::error!("VMX vCPU {}: {e}", self.id);
+                e.into()
+            })
+        }
+        #[cfg(not(target_os = "none"))]
         Err(axvcpu::Error::Unsupported(
-            "VMX VM entry (VMLAUNCH/VMRESUME) is not implemented yet",
+            "VMX VM entry is only built for bare metal (target_os = \"none\")",
         ))
     }
 
@@ -644,6 +853,7 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
         {
             // SAFETY: VMX is on and the VMCS was cleared by `setup`/`unbind`.
             unsafe { super::hw::vmptrld(self.vmcs.paddr())? };
+            self.after_vmptrld();
             Ok(())
         }
         #[cfg(not(target_os = "none"))]
@@ -655,6 +865,7 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
         {
             // SAFETY: VMX is on and this VMCS is current on this CPU.
             unsafe { super::hw::vmclear(self.vmcs.paddr())? };
+            self.after_vmclear();
             Ok(())
         }
         #[cfg(not(target_os = "none"))]
@@ -684,10 +895,12 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
 }
 
 impl<H: Hal> X86VcpuExt for VmxVcpu<H> {
-    /// The location saved at the last EPT violation (all zero before one).
+    /// The location saved at the last EPT violation, else where the guest
+    /// was after the last exit was handled (all zero before any exit).
     fn guest_code_location(&self) -> GuestCodeLocation {
         self.fault_location
             .map(|(l, _)| l)
+            .or(self.exit_location)
             .unwrap_or(GuestCodeLocation {
                 linear_rip: 0,
                 cr0: 0,

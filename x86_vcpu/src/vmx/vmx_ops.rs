@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub trait VmxCpuOps {
     /// Reads CR0.
     fn read_cr0(&self) -> u64;
+    /// Writes CR0.
+    fn write_cr0(&mut self, value: u64);
     /// Reads CR4.
     fn read_cr4(&self) -> u64;
     /// Writes CR4.
@@ -32,13 +34,19 @@ pub struct FakeVmxCpu {
     pub vmxon_region: Option<HostPhysAddr>,
     /// Make the next VMXON fail with VMfailInvalid.
     pub fail_vmxon: bool,
-    /// The operations done, in order ("vmxon", "vmxoff", "write_cr4").
+    /// The operations done, in order ("vmxon", "vmxoff", "write_cr0",
+    /// "write_cr4").
     pub log: Vec<&'static str>,
 }
 
 impl VmxCpuOps for FakeVmxCpu {
     fn read_cr0(&self) -> u64 {
         self.cr0
+    }
+
+    fn write_cr0(&mut self, value: u64) {
+        self.log.push("write_cr0");
+        self.cr0 = value;
     }
 
     fn read_cr4(&self) -> u64 {

@@ -435,3 +435,113 @@ fn entry_and_root_changes_after_setup_apply_at_next_entry() {
     assert_eq!(rip(&vmcs), 0x30_0000);
     assert_eq!(vmcs.get(F::EPT_POINTER), Some(0x80_001e));
 }
+
+#[test]
+fn launch_state_follows_exits_and_entry_failures() {
+    let (mut v, mut vmcs) = multiboot();
+    assert!(!v.launched(), "a set-up VMCS is entered with VMLAUNCH");
+    // A VM-entry failure (exit reason bit 31, basic reason 33) leaves the
+    // VMCS unlaunched and keeps the qualification.
+    let e = exit(&mut v, &mut vmcs, 0x8000_0021, 4, 0).unwrap();
+    assert_eq!(
+        e,
+        AxVCpuExitReason::FailEntry {
+            hardware_entry_failure_reason: 0x8000_0021
+        }
+    );
+    assert!(!v.launched());
+    let f = v.entry_failure().unwrap();
+    assert_eq!((f.raw_reason, f.qualification), (0x8000_0021, 4));
+    assert_eq!(
+        f.description(),
+        "invalid guest state: invalid VMCS link pointer"
+    );
+    // Any real exit (here HLT) means VMLAUNCH worked: VMRESUME next.
+    exit(&mut v, &mut vmcs, 12, 0, 1).unwrap();
+    assert!(v.launched());
+}
+
+#[test]
+fn host_state_is_written_once_per_binding() {
+    let (mut v, mut vmcs) = multiboot();
+    assert!(v.host_state().is_none());
+    let host = HostState {
+        cr0: 0x8001_0033,
+        cr3: 0x1000,
+        cr4: 0x2020,
+        cs: 0x08,
+        ss: 0x10,
+        ds: 0x10,
+        es: 0x10,
+        tr: 0x18,
+        tr_base: 0x1f_0080,
+        gs_base: 0x1a6000,
+        gdtr_base: 0x1f_0000,
+        gdtr_limit: 39,
+        idtr_base: 0x1f_1000,
+        idtr_limit: 4095,
+        efer: 0xd01,
+        pat: 0x0007_0406_0007_0406,
+        rip: 0x11_0000,
+        ..Default::default()
+    };
+    let mut captures = 0;
+    v.write_host_state_once(&mut vmcs, || {
+        captures += 1;
+        host
+    })
+    .unwrap();
+    v.write_host_state_once(&mut vmcs, || {
+        captures += 1;
+        host
+    })
+    .unwrap();
+    assert_eq!(captures, 1);
+    assert_eq!(v.host_state(), Some(&host));
+    assert_eq!(vmcs.get(F::HOST_GS_BASE), Some(0x1a6000));
+    assert_eq!(vmcs.get(F::HOST_TR_BASE), Some(0x1f_0080));
+    assert_eq!(vmcs.get(F::HOST_IA32_EFER), Some(0xd01));
+    assert_eq!(vmcs.get(F::HOST_RIP), Some(0x11_0000));
+    // A state the processor would refuse is not recorded as written.
+    let (mut w, mut vmcs2) = multiboot();
+    let bad = HostState { tr: 0, ..host };
+    assert!(w.write_host_state_once(&mut vmcs2, || bad).is_err());
+    assert!(w.host_state().is_none());
+}
+
+#[test]
+fn ia32e_entry_control_follows_efer_lma() {
+    let (mut v, mut vmcs) = multiboot();
+    let ia32e = 1u64 << 9;
+    assert_eq!(vmcs.get(F::VMENTRY_CONTROLS).unwrap() & ia32e, 0);
+    // The guest set EFER.LME (emulated WRMSR) and then CR0.PG natively:
+    // the processor set EFER.LMA, and the exit saved it.
+    vmcs.write(F::GUEST_IA32_EFER, 0x500).unwrap();
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_ne!(vmcs.get(F::VMENTRY_CONTROLS).unwrap() & ia32e, 0);
+    // Paging off again: LMA clear, so is the control.
+    vmcs.write(F::GUEST_IA32_EFER, 0x100).unwrap();
+    v.prepare_entry(&mut vmcs).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_CONTROLS).unwrap() & ia32e, 0);
+    // A long-mode boot starts with the control set and keeps it.
+    let (mut l, mut lvmcs) = long_mode();
+    l.prepare_entry(&mut lvmcs).unwrap();
+    assert_ne!(lvmcs.get(F::VMENTRY_CONTROLS).unwrap() & ia32e, 0);
+}
+
+#[test]
+fn tlb_flush_for_a_new_ept_root() {
+    use crate::vmx::{InveptType, InvvpidType};
+    let (mut v, mut vmcs) = multiboot();
+    // A new vCPU flushes before its first entry: INVEPT single context for
+    // its EPTP (0x40_0000 | WB | walk length 4), INVVPID for VPID 1.
+    assert!(v.guest_tlb_flush_pending());
+    let f = v.pending_tlb_flush(&vmcs).unwrap().unwrap();
+    assert_eq!(f.invept, (InveptType::SingleContext, [0x40_001e, 0]));
+    assert_eq!(f.invvpid, Some((InvvpidType::SingleContext, [1, 0])));
+    // A root changed after setup: the flush names the new EPTP.
+    v.set_ept_root(HostPhysAddr::from(0x80_0000usize)).unwrap();
+    v.prepare_entry(&mut vmcs).unwrap();
+    let f = v.pending_tlb_flush(&vmcs).unwrap().unwrap();
+    assert_eq!(f.invept.1, [0x80_001e, 0]);
+}
