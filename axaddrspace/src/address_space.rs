@@ -2,6 +2,7 @@
 
 use alloc::{collections::BTreeMap, vec::Vec};
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use memory_addr::{MemoryAddr, PAGE_SIZE_4K};
 use page_table_entry::MappingFlags;
@@ -90,6 +91,16 @@ pub struct AddrSpace<E: NestedPagingFormat, H: AxMmHal> {
     range: GuestPhysAddrRange,
     areas: BTreeMap<usize, MemoryArea>,
     pt: NestedPageTable<E, H>,
+    /// See [`AddrSpace::mapping_epoch`].
+    epoch: u64,
+}
+
+/// Source of [`AddrSpace::mapping_epoch`] values: unique across all address
+/// spaces of the process, never 0.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+fn new_epoch() -> u64 {
+    NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)
 }
 
 impl<E: NestedPagingFormat, H: AxMmHal> AddrSpace<E, H> {
@@ -105,7 +116,18 @@ impl<E: NestedPagingFormat, H: AxMmHal> AddrSpace<E, H> {
             range,
             areas: BTreeMap::new(),
             pt: NestedPageTable::new()?,
+            epoch: new_epoch(),
         })
+    }
+
+    /// A value that changes whenever a guest physical page may stop being
+    /// backed by the host page it had: it is new for every address space
+    /// and after every [`unmap`](Self::unmap) and [`clear`](Self::clear).
+    /// Adding areas and populating pages keep it (they only back pages that
+    /// had no host page). A [`crate::TranslationCache`] keyed by it is never
+    /// stale.
+    pub fn mapping_epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The guest physical range areas may occupy.
@@ -216,6 +238,7 @@ impl<E: NestedPagingFormat, H: AxMmHal> AddrSpace<E, H> {
     /// removed, areas partly inside are cut, allocated frames are released.
     /// Parts of the range without an area are ignored.
     pub fn unmap(&mut self, gpa: GuestPhysAddr, size: usize) -> Result {
+        self.epoch = new_epoch();
         check_aligned(gpa.as_usize())?;
         check_aligned(size)?;
         let end = gpa
@@ -258,6 +281,7 @@ impl<E: NestedPagingFormat, H: AxMmHal> AddrSpace<E, H> {
 
     /// Removes every area.
     pub fn clear(&mut self) {
+        self.epoch = new_epoch();
         let areas = core::mem::take(&mut self.areas);
         for area in areas.values() {
             // Cannot fail: the range is aligned, in range, and the cut covers
@@ -564,6 +588,12 @@ impl<H: AxMmHal> DynAddrSpace<H> {
     /// See [`AddrSpace::find_area`].
     pub fn find_area(&self, gpa: GuestPhysAddr) -> Option<&MemoryArea> {
         delegate!(self, a => a.find_area(gpa))
+    }
+
+    /// See [`AddrSpace::mapping_epoch`].
+    #[inline]
+    pub fn mapping_epoch(&self) -> u64 {
+        delegate!(self, a => a.mapping_epoch())
     }
 
     /// See [`AddrSpace::contains_range`].

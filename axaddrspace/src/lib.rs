@@ -11,6 +11,8 @@ mod guest_mem;
 mod guest_walk;
 mod hal;
 pub mod npt;
+mod translation_cache;
+mod walk_cache;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
@@ -29,6 +31,8 @@ pub use npt::{
     NestedPagingKind, NptPageTable, PageSize,
 };
 pub use page_table_entry::{GenericPTE, MappingFlags};
+pub use translation_cache::{CachedGuestMemory, TRANSLATION_CACHE_ENTRIES, TranslationCache};
+pub use walk_cache::{WALK_CACHE_ENTRIES, WalkCache};
 
 /// An Intel EPT address space.
 pub type EptAddrSpace<H> = AddrSpace<EPTEntry, H>;

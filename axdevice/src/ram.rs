@@ -84,22 +84,31 @@ impl RamDevice {
 
     /// The offset of an access of `width` at `addr`, if it lies entirely in
     /// the device.
+    #[inline]
     fn offset(&self, addr: GuestPhysAddr, width: AccessWidth) -> Result<usize> {
         let off = addr.as_usize().wrapping_sub(self.range.base.as_usize());
+        if off < self.range.size && width.size() <= self.range.size - off {
+            Ok(off)
+        } else {
+            Err(self.offset_error(off, width))
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn offset_error(&self, off: usize, width: AccessWidth) -> Error {
         if off >= self.range.size {
-            return Err(Error::BadOffset {
+            Error::BadOffset {
                 dev: self.name.clone(),
                 offset: off as u64,
-            });
-        }
-        if width.size() > self.range.size - off {
-            return Err(Error::BadWidth {
+            }
+        } else {
+            Error::BadWidth {
                 dev: self.name.clone(),
                 offset: off as u64,
                 width,
-            });
+            }
         }
-        Ok(off)
     }
 }
 
@@ -116,15 +125,29 @@ impl MmioDevice for RamDevice {
 
     fn mmio_read(&self, addr: GuestPhysAddr, width: AccessWidth) -> Result<u64> {
         let off = self.offset(addr, width)?;
-        let mut b = [0u8; 8];
-        b[..width.size()].copy_from_slice(&self.bytes.lock()[off..off + width.size()]);
-        Ok(u64::from_le_bytes(b))
+        let bytes = self.bytes.lock();
+        // `offset` checked that `width` bytes from `off` are in the window,
+        // so the fixed-size reads below find their bytes.
+        let s = &bytes[off..];
+        Ok(match width {
+            AccessWidth::Byte => s.first_chunk::<1>().map(|b| u64::from(b[0])),
+            AccessWidth::Word => s.first_chunk().map(|b| u16::from_le_bytes(*b).into()),
+            AccessWidth::Dword => s.first_chunk().map(|b| u32::from_le_bytes(*b).into()),
+            AccessWidth::Qword => s.first_chunk().map(|b| u64::from_le_bytes(*b)),
+        }
+        .unwrap_or(0))
     }
 
     fn mmio_write(&self, addr: GuestPhysAddr, width: AccessWidth, val: u64) -> Result {
         let off = self.offset(addr, width)?;
-        let n = width.size();
-        self.bytes.lock()[off..off + n].copy_from_slice(&val.to_le_bytes()[..n]);
+        let mut bytes = self.bytes.lock();
+        let s = &mut bytes[off..];
+        match width {
+            AccessWidth::Byte => s.first_chunk_mut::<1>().map(|b| *b = [val as u8]),
+            AccessWidth::Word => s.first_chunk_mut().map(|b| *b = (val as u16).to_le_bytes()),
+            AccessWidth::Dword => s.first_chunk_mut().map(|b| *b = (val as u32).to_le_bytes()),
+            AccessWidth::Qword => s.first_chunk_mut().map(|b| *b = val.to_le_bytes()),
+        };
         Ok(())
     }
 }

@@ -78,14 +78,38 @@ impl<T> RangeTable<T> {
         Some(self.entries.remove(idx).value)
     }
 
+    #[inline]
     fn lookup(&self, addr: u64) -> Option<&Entry<T>> {
         let idx = self.entries.partition_point(|e| e.span.first <= addr);
         let e = self.entries.get(idx.checked_sub(1)?)?;
         (addr <= e.span.last).then_some(e)
     }
 
+    /// The entry claiming an access of `width` bytes (at least 1) at
+    /// `addr`, if the access lies entirely inside it: the hot path of
+    /// [`Self::lookup_access`], without building an error.
+    #[inline]
+    fn find_access(&self, addr: u64, width: usize) -> Option<&Entry<T>> {
+        let e = self.lookup(addr)?;
+        // `addr >= first`, so `last - addr` cannot underflow.
+        ((width as u64).wrapping_sub(1) <= e.span.last - addr).then_some(e)
+    }
+
+    /// The entry claiming an access of `width` bytes at `addr`; the access
+    /// must lie entirely inside it ([`Self::lookup_access`] names the
+    /// failure).
+    #[inline]
+    fn get_access(&self, addr: u64, width: usize) -> Result<&Entry<T>> {
+        match self.find_access(addr, width) {
+            Some(e) => Ok(e),
+            None => self.lookup_access(addr, width),
+        }
+    }
+
     /// The entry claiming an access of `width` bytes at `addr`; the access
     /// must lie entirely inside it.
+    #[cold]
+    #[inline(never)]
     fn lookup_access(&self, addr: u64, width: usize) -> Result<&Entry<T>> {
         let e = self.lookup(addr).ok_or_else(|| {
             log::trace!("unclaimed {} access at {addr:#x}", self.kind);
@@ -204,6 +228,69 @@ impl DeviceSet {
         self.mmio.lookup(addr.as_usize() as u64).map(|e| &e.value)
     }
 
+    /// The position of the MMIO device claiming `addr`, if any: a hint for
+    /// [`handle_mmio_read_at`](Self::handle_mmio_read_at) and
+    /// [`handle_mmio_write_at`](Self::handle_mmio_write_at), which spares
+    /// them the lookup when the caller found the device already (to decide
+    /// that a fault is an MMIO access).
+    #[inline]
+    pub fn find_mmio_index(&self, addr: GuestPhysAddr) -> Option<usize> {
+        let a = addr.as_usize() as u64;
+        let idx = self.mmio.entries.partition_point(|e| e.span.first <= a);
+        let i = idx.checked_sub(1)?;
+        (a <= self.mmio.entries.get(i)?.span.last).then_some(i)
+    }
+
+    /// The MMIO entry at position `hint` if it claims the whole access,
+    /// else the lookup of [`RangeTable::get_access`].
+    #[inline]
+    fn mmio_entry_at(
+        &self,
+        hint: usize,
+        addr: GuestPhysAddr,
+        width: AccessWidth,
+    ) -> Result<&Entry<Arc<dyn MmioDevice>>> {
+        let a = addr.as_usize() as u64;
+        match self.mmio.entries.get(hint) {
+            Some(e)
+                if e.span.first <= a
+                    && a <= e.span.last
+                    && (width.size() as u64) - 1 <= e.span.last - a =>
+            {
+                Ok(e)
+            }
+            _ => self.mmio.get_access(a, width.size()),
+        }
+    }
+
+    /// [`handle_mmio_read`](Self::handle_mmio_read) with the device's
+    /// position from [`find_mmio_index`](Self::find_mmio_index); a wrong
+    /// or stale `hint` only costs the lookup.
+    #[inline]
+    pub fn handle_mmio_read_at(
+        &self,
+        hint: usize,
+        addr: GuestPhysAddr,
+        width: AccessWidth,
+    ) -> Result<u64> {
+        let e = self.mmio_entry_at(hint, addr, width)?;
+        Ok(e.value.mmio_read(addr, width)? & width.mask())
+    }
+
+    /// [`handle_mmio_write`](Self::handle_mmio_write) with the device's
+    /// position from [`find_mmio_index`](Self::find_mmio_index).
+    #[inline]
+    pub fn handle_mmio_write_at(
+        &self,
+        hint: usize,
+        addr: GuestPhysAddr,
+        width: AccessWidth,
+        val: u64,
+    ) -> Result {
+        let e = self.mmio_entry_at(hint, addr, width)?;
+        e.value.mmio_write(addr, width, val & width.mask())
+    }
+
     /// The port device claiming `port`, if any.
     pub fn find_port(&self, port: u16) -> Option<&Arc<dyn PortDevice>> {
         self.port.lookup(port.into()).map(|e| &e.value)
@@ -242,21 +329,31 @@ impl DeviceSet {
     /// Routes a guest MMIO read. [`Error::Unclaimed`] if no device claims
     /// `addr`, [`Error::CrossesEnd`] if the access runs past the device's
     /// range. The result is masked to `width`.
+    #[inline]
     pub fn handle_mmio_read(&self, addr: GuestPhysAddr, width: AccessWidth) -> Result<u64> {
-        let e = self
-            .mmio
-            .lookup_access(addr.as_usize() as u64, width.size())?;
+        let e = self.mmio.get_access(addr.as_usize() as u64, width.size())?;
         Ok(e.value.mmio_read(addr, width)? & width.mask())
     }
 
     /// Routes a guest MMIO write of the low `width` bytes of `val`.
+    #[inline]
     pub fn handle_mmio_write(&self, addr: GuestPhysAddr, width: AccessWidth, val: u64) -> Result {
-        let e = self
-            .mmio
-            .lookup_access(addr.as_usize() as u64, width.size())?;
+        let e = self.mmio.get_access(addr.as_usize() as u64, width.size())?;
         e.value.mmio_write(addr, width, val & width.mask())
     }
 
+    /// The port device for an access, if there is one and the access is
+    /// valid for it: the hot path of [`Self::port_entry`].
+    #[inline]
+    fn port_access(&self, port: u16, width: AccessWidth) -> Option<&Entry<Arc<dyn PortDevice>>> {
+        match self.port.find_access(port.into(), width.size()) {
+            Some(e) if width != AccessWidth::Qword => Some(e),
+            _ => None,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
     fn port_entry(&self, port: u16, width: AccessWidth) -> Result<&Entry<Arc<dyn PortDevice>>> {
         let e = self.port.lookup_access(port.into(), width.size())?;
         if width == AccessWidth::Qword {
@@ -273,26 +370,35 @@ impl DeviceSet {
     /// [`handle_mmio_read`](Self::handle_mmio_read), plus
     /// [`Error::BadWidth`] for a [`AccessWidth::Qword`] access (x86 port I/O
     /// is at most 4 bytes wide).
+    #[inline]
     pub fn handle_port_read(&self, port: u16, width: AccessWidth) -> Result<u64> {
-        let e = self.port_entry(port, width)?;
+        let e = match self.port_access(port, width) {
+            Some(e) => e,
+            None => self.port_entry(port, width)?,
+        };
         Ok(e.value.port_read(port, width)? & width.mask())
     }
 
     /// Routes a guest `out` of the low `width` bytes of `val`.
+    #[inline]
     pub fn handle_port_write(&self, port: u16, width: AccessWidth, val: u64) -> Result {
-        let e = self.port_entry(port, width)?;
+        let e = match self.port_access(port, width) {
+            Some(e) => e,
+            None => self.port_entry(port, width)?,
+        };
         e.value.port_write(port, width, val & width.mask())
     }
 
     /// Routes a guest `rdmsr`.
+    #[inline]
     pub fn handle_msr_read(&self, msr: u32) -> Result<u64> {
-        self.msr.lookup_access(msr.into(), 1)?.value.msr_read(msr)
+        self.msr.get_access(msr.into(), 1)?.value.msr_read(msr)
     }
 
     /// Routes a guest `wrmsr`.
     pub fn handle_msr_write(&self, msr: u32, val: u64) -> Result {
         self.msr
-            .lookup_access(msr.into(), 1)?
+            .get_access(msr.into(), 1)?
             .value
             .msr_write(msr, val)
     }
@@ -399,7 +505,7 @@ impl VCpuDeviceSet {
     ) -> Result<u64> {
         let idx = self
             .mmio
-            .lookup_access(addr.as_usize() as u64, width.size())?
+            .get_access(addr.as_usize() as u64, width.size())?
             .value;
         Ok(self.devices[idx].mmio_read(vcpu, addr, width)? & width.mask())
     }
@@ -414,20 +520,20 @@ impl VCpuDeviceSet {
     ) -> Result {
         let idx = self
             .mmio
-            .lookup_access(addr.as_usize() as u64, width.size())?
+            .get_access(addr.as_usize() as u64, width.size())?
             .value;
         self.devices[idx].mmio_write(vcpu, addr, width, val & width.mask())
     }
 
     /// Routes an `rdmsr` of vCPU `vcpu`.
     pub fn handle_msr_read(&mut self, vcpu: VCpuId, msr: u32) -> Result<u64> {
-        let idx = self.msr.lookup_access(msr.into(), 1)?.value;
+        let idx = self.msr.get_access(msr.into(), 1)?.value;
         self.devices[idx].msr_read(vcpu, msr)
     }
 
     /// Routes a `wrmsr` of vCPU `vcpu`.
     pub fn handle_msr_write(&mut self, vcpu: VCpuId, msr: u32, val: u64) -> Result {
-        let idx = self.msr.lookup_access(msr.into(), 1)?.value;
+        let idx = self.msr.get_access(msr.into(), 1)?.value;
         self.devices[idx].msr_write(vcpu, msr, val)
     }
 }

@@ -318,6 +318,44 @@ mod device_set {
     }
 
     #[test]
+    fn mmio_hints_spare_the_lookup_and_stale_ones_are_harmless() {
+        let mut set = DeviceSet::new();
+        let a = Fake::new("a", 0x1000, 0x100);
+        let b = Fake::new("b", 0x3000, 0x100);
+        set.add_mmio(b.clone()).unwrap();
+        set.add_mmio(a.clone()).unwrap();
+        // Sorted by address: a is at 0, b at 1.
+        assert_eq!(set.find_mmio_index(gpa(0x1000)), Some(0));
+        assert_eq!(set.find_mmio_index(gpa(0x30ff)), Some(1));
+        assert_eq!(set.find_mmio_index(gpa(0x2000)), None);
+        assert_eq!(set.find_mmio_index(gpa(0x3100)), None);
+        let hint = set.find_mmio_index(gpa(0x3008)).unwrap();
+        set.handle_mmio_write_at(hint, gpa(0x3008), AccessWidth::Word, 0x1_2345)
+            .unwrap();
+        assert_eq!(b.last(), Some((0x3008, 2, Some(0x2345))));
+        // A wrong hint (a's position for b's address, or out of range)
+        // still reaches the right device.
+        assert_eq!(
+            set.handle_mmio_read_at(0, gpa(0x3000), AccessWidth::Byte),
+            Ok(0x0d)
+        );
+        assert_eq!(b.last(), Some((0x3000, 1, None)));
+        set.handle_mmio_write_at(7, gpa(0x1010), AccessWidth::Byte, 1)
+            .unwrap();
+        assert_eq!(a.last(), Some((0x1010, 1, Some(1))));
+        // The checks are those of `handle_mmio_*`: crossing the end of the
+        // hinted device, or no device at all.
+        assert!(matches!(
+            set.handle_mmio_read_at(1, gpa(0x30fc), AccessWidth::Qword),
+            Err(Error::CrossesEnd { .. })
+        ));
+        assert!(matches!(
+            set.handle_mmio_read_at(0, gpa(0x2000), AccessWidth::Byte),
+            Err(Error::Unclaimed { .. })
+        ));
+    }
+
+    #[test]
     fn values_are_masked_to_the_width() {
         let mut set = DeviceSet::new();
         let p = Fake::new("p", 0xcf8, 8);

@@ -434,22 +434,31 @@ impl Uart16550 {
 
     /// Offset of an access of `width` at `port`, checked to lie inside the
     /// 8 registers.
+    #[inline]
     fn offset(&self, port: u16, width: AccessWidth) -> Result<usize> {
         let off = usize::from(port.wrapping_sub(self.base));
+        if off + width.size() <= usize::from(UART_PORTS) {
+            Ok(off)
+        } else {
+            Err(self.offset_error(off, width))
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn offset_error(&self, off: usize, width: AccessWidth) -> Error {
         if off >= usize::from(UART_PORTS) {
-            return Err(Error::BadOffset {
+            Error::BadOffset {
                 dev: self.name.clone(),
                 offset: off as u64,
-            });
-        }
-        if off + width.size() > usize::from(UART_PORTS) {
-            return Err(Error::BadWidth {
+            }
+        } else {
+            Error::BadWidth {
                 dev: self.name.clone(),
                 offset: off as u64,
                 width,
-            });
+            }
         }
-        Ok(off)
     }
 }
 
@@ -478,8 +487,13 @@ impl PortDevice for Uart16550 {
     fn port_write(&self, port: u16, width: AccessWidth, val: u64) -> Result {
         let off = self.offset(port, width)?;
         let mut st = self.state.lock();
-        for i in 0..width.size() {
-            self.write_reg(&mut st, off + i, (val >> (8 * i)) as u8);
+        if width == AccessWidth::Byte {
+            // The usual case: one register.
+            self.write_reg(&mut st, off, val as u8);
+        } else {
+            for i in 0..width.size() {
+                self.write_reg(&mut st, off + i, (val >> (8 * i)) as u8);
+            }
         }
         self.update_irq(&mut st);
         Ok(())

@@ -123,6 +123,7 @@ pub enum AxVCpuExitReason {
 
 impl AxVCpuExitReason {
     /// The fieldless kind of this exit, for counting.
+    #[inline]
     pub const fn kind(&self) -> ExitReasonKind {
         use ExitReasonKind as K;
         match self {
@@ -289,11 +290,13 @@ impl ExitCounters {
     }
 
     /// Counts one exit of `reason`'s kind.
+    #[inline]
     pub fn record(&mut self, reason: &AxVCpuExitReason) {
         self.record_kind(reason.kind());
     }
 
     /// Counts one exit of kind `kind`.
+    #[inline]
     pub fn record_kind(&mut self, kind: ExitReasonKind) {
         let c = &mut self.counts[kind.index()];
         *c = c.saturating_add(1);

@@ -28,6 +28,7 @@ pub const fn sign_extend(value: u64, width: AccessWidth) -> u64 {
 ///
 /// A load wider than its destination (`width > reg_width`) is an
 /// [`Error::InvalidArgument`].
+#[inline]
 pub fn load_result(
     old: u64,
     data: u64,

@@ -194,12 +194,33 @@ impl<A: AxArchVCpu> AxVCpu<A> {
 
     /// Runs the guest until an exit: `Ready -> Running -> Ready`. The exit is
     /// counted, then returned.
+    ///
+    /// This is the hot path of every exit, so it does the two moves of
+    /// [`with_state_transition`](Self::with_state_transition) inline: one
+    /// state check before, the architecture's run, one store after.
+    #[inline]
     pub fn run(&mut self) -> Result<AxVCpuExitReason> {
-        self.with_state_transition(VCpuState::Ready, VCpuState::Running, "run", |_| Ok(()))?;
-        let exit =
-            self.with_state_transition(VCpuState::Running, VCpuState::Ready, "run", A::run)?;
-        self.exits.record(&exit);
-        Ok(exit)
+        if self.state != VCpuState::Ready {
+            return Err(self.invalid("run"));
+        }
+        self.state = VCpuState::Running;
+        match self.arch.run() {
+            Ok(exit) => {
+                self.state = VCpuState::Ready;
+                self.exits.record(&exit);
+                Ok(exit)
+            }
+            Err(e) => Err(self.run_failed(e)),
+        }
+    }
+
+    /// A failed architecture `run`: the vCPU is `Invalid` from now on.
+    #[cold]
+    #[inline(never)]
+    fn run_failed(&mut self, e: Error) -> Error {
+        log::warn!("vCPU {}: run failed in state Running: {e}", self.id);
+        self.state = VCpuState::Invalid;
+        e
     }
 
     /// Blocks the vCPU (for example on a guest `HLT`): `Free` or `Ready` ->
@@ -245,22 +266,26 @@ impl<A: AxArchVCpu> AxVCpu<A> {
     }
 
     /// Sets general purpose register `reg` (architecture numbering).
+    #[inline]
     pub fn set_gpr(&mut self, reg: usize, val: u64) {
         self.arch.set_gpr(reg, val);
     }
 
     /// Reads general purpose register `reg` (architecture numbering).
+    #[inline]
     pub fn gpr(&self, reg: usize) -> u64 {
         self.arch.gpr(reg)
     }
 
     /// Sets the register that returns a value to the guest (x86: RAX).
+    #[inline]
     pub fn set_return_value(&mut self, val: u64) {
         self.arch.set_return_value(val);
     }
 
     /// Completes an [`AxVCpuExitReason::IoRead`] with `value`
     /// (see [`AxArchVCpu::set_io_result`]).
+    #[inline]
     pub fn set_io_result(&mut self, width: AccessWidth, value: u64) -> Result {
         self.require_idle("complete a port read of")?;
         self.arch.set_io_result(width, value)
@@ -269,6 +294,7 @@ impl<A: AxArchVCpu> AxVCpu<A> {
     /// Completes an [`AxVCpuExitReason::MmioRead`] with `value`: pass the exit's
     /// `reg`, `width`, `reg_width` and `signed_ext` (see
     /// [`AxArchVCpu::set_mmio_read_result`]).
+    #[inline]
     pub fn set_mmio_read_result(
         &mut self,
         reg: usize,
@@ -284,12 +310,14 @@ impl<A: AxArchVCpu> AxVCpu<A> {
 
     /// Completes an [`AxVCpuExitReason::MsrRead`] with `value`
     /// (see [`AxArchVCpu::set_msr_result`]).
+    #[inline]
     pub fn set_msr_result(&mut self, value: u64) -> Result {
         self.require_idle("complete an MSR read of")?;
         self.arch.set_msr_result(value);
         Ok(())
     }
 
+    #[cold]
     fn invalid(&self, op: &'static str) -> Error {
         Error::InvalidState {
             from: self.state,
@@ -298,6 +326,7 @@ impl<A: AxArchVCpu> AxVCpu<A> {
     }
 
     /// Refuses `Invalid` (unusable) and `Running` (the guest owns the state).
+    #[inline]
     fn require_idle(&self, op: &'static str) -> Result {
         match self.state {
             VCpuState::Invalid | VCpuState::Running => Err(self.invalid(op)),

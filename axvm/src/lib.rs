@@ -15,6 +15,6 @@ mod vm;
 pub use build::{BOOT_LOADER_NAME, BootSetup, MULTIBOOT_INFO_GPA};
 pub use error::{Error, Result};
 pub use exit::{StopReason, VmExit, VmState};
-pub use memory::{MAX_INSN_LEN, fetch_code};
+pub use memory::{MAX_INSN_LEN, fetch_code, fetch_code_cached};
 pub use stats::ExitStats;
 pub use vm::Vm;

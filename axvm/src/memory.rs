@@ -2,7 +2,8 @@
 //! and fetching the bytes of the guest's current instruction.
 
 use axaddrspace::{
-    AxMmHal, DynAddrSpace, GuestPageWalker, GuestPhysAddr, GuestVirtAddr, PAGE_SIZE_4K,
+    AxMmHal, CachedGuestMemory, DynAddrSpace, GuestMemoryReader, GuestPageWalker, GuestPhysAddr,
+    GuestTranslation, GuestVirtAddr, PAGE_SIZE_4K, WalkCache,
 };
 use x86_vcpu::GuestCodeLocation;
 
@@ -72,12 +73,53 @@ impl<H: AxMmHal> GuestMemory for DynAddrSpace<H> {
 /// physically contiguous). If the first byte cannot be translated or read,
 /// the walk's error is returned; if a later page cannot, the bytes before it
 /// are returned (the instruction may end before that page).
-pub fn fetch_code<H: AxMmHal>(
-    aspace: &DynAddrSpace<H>,
+///
+/// `mem` is the VM's address space, or better a
+/// [`TranslationCache`](axaddrspace::TranslationCache) reader of it (the
+/// walk and the fetch read the same few pages on every MMIO exit); see
+/// [`fetch_code_cached`] to skip repeated walks too.
+pub fn fetch_code<M: GuestMemoryReader + ?Sized>(
+    mem: &M,
     loc: &GuestCodeLocation,
 ) -> core::result::Result<([u8; MAX_INSN_LEN], usize), axaddrspace::Error> {
     let walker =
         GuestPageWalker::from_control_regs(loc.cr0, loc.cr4, loc.efer, GUEST_MAX_PHYS_BITS)?;
+    fetch_with(mem, loc, |linear| {
+        walker.translate(mem, loc.cr3, GuestVirtAddr::from_usize(linear as usize))
+    })
+}
+
+/// [`fetch_code`] through a [`TranslationCache`](axaddrspace::TranslationCache)
+/// reader, translating through `walks`: a page walked before is only
+/// checked (its paging entries read again and compared, see [`WalkCache`]
+/// and [`CachedGuestMemory::translate`]), not walked again. The bytes are
+/// always the guest's current ones.
+#[inline]
+pub fn fetch_code_cached<H: AxMmHal>(
+    mem: &CachedGuestMemory<'_, H>,
+    walks: &mut WalkCache,
+    loc: &GuestCodeLocation,
+) -> core::result::Result<([u8; MAX_INSN_LEN], usize), axaddrspace::Error> {
+    let walker =
+        GuestPageWalker::from_control_regs(loc.cr0, loc.cr4, loc.efer, GUEST_MAX_PHYS_BITS)?;
+    fetch_with(mem, loc, |linear| {
+        mem.translate(
+            &walker,
+            walks,
+            loc.cr3,
+            GuestVirtAddr::from_usize(linear as usize),
+        )
+    })
+}
+
+/// The fetch loop of [`fetch_code`], with `translate` giving the guest
+/// physical address of a linear address.
+#[inline(always)]
+fn fetch_with<M: GuestMemoryReader + ?Sized>(
+    mem: &M,
+    loc: &GuestCodeLocation,
+    mut translate: impl FnMut(u64) -> core::result::Result<GuestTranslation, axaddrspace::Error>,
+) -> core::result::Result<([u8; MAX_INSN_LEN], usize), axaddrspace::Error> {
     // Linear addresses outside 64-bit mode are 32 bits wide.
     let addr_mask = if loc.bitness == 64 {
         u64::MAX
@@ -85,14 +127,19 @@ pub fn fetch_code<H: AxMmHal>(
         0xffff_ffff
     };
     let mut buf = [0u8; MAX_INSN_LEN];
-    let mut have = 0;
     let mut linear = loc.linear_rip & addr_mask;
+    let in_page = PAGE_SIZE_4K - (linear as usize % PAGE_SIZE_4K);
+    // The usual case: the whole window is in one page.
+    if in_page >= MAX_INSN_LEN {
+        let t = translate(linear)?;
+        mem.read_bytes(t.gpa, &mut buf)?;
+        return Ok((buf, MAX_INSN_LEN));
+    }
+    let mut have = 0;
     while have < MAX_INSN_LEN {
         let in_page = PAGE_SIZE_4K - (linear as usize % PAGE_SIZE_4K);
         let n = in_page.min(MAX_INSN_LEN - have);
-        let step = walker
-            .translate(aspace, loc.cr3, GuestVirtAddr::from_usize(linear as usize))
-            .and_then(|t| aspace.read(t.gpa, &mut buf[have..have + n]));
+        let step = translate(linear).and_then(|t| mem.read_bytes(t.gpa, &mut buf[have..have + n]));
         match step {
             Ok(()) => have += n,
             Err(_) if have > 0 => break,

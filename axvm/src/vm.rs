@@ -5,15 +5,25 @@ use alloc::{format, string::String, sync::Arc, vec::Vec};
 
 use axaddrspace::{
     AccessWidth, AxMmHal, DynAddrSpace, GuestPhysAddr, MappingFlags, NestedPagingKind,
+    TranslationCache, WalkCache,
 };
-use axdevice::{DeviceSet, Uart16550, UartBackend};
+use axdevice::{DeviceSet, PortDevice, PortRange, Uart16550, UartBackend};
 use axvcpu::{AxArchVCpu, AxVCpu, AxVCpuExitReason, VCpuState};
 use axvmconfig::VmConfig;
 use x86_vcpu::{X86VcpuExt, X86VcpuSetupConfig};
 
 use crate::build::{self, BootSetup};
-use crate::memory::fetch_code;
+use crate::memory::fetch_code_cached;
 use crate::{Error, ExitStats, Result, StopReason, VmExit, VmState};
+
+/// The caches one vCPU's instruction fetches go through (MMIO exits).
+#[derive(Debug, Default)]
+struct FetchCaches {
+    /// Host addresses of the guest pages last read (page tables, code).
+    pages: TranslationCache,
+    /// The last guest page walks, checked against the guest's tables.
+    walks: WalkCache,
+}
 
 /// One virtual machine: guest memory (a nested page table of the kind the
 /// processor needs), the emulated devices, and the vCPUs, built from an
@@ -41,10 +51,17 @@ where
     uart: Option<Arc<Uart16550>>,
     debug_exits: Vec<Arc<axdevice::DebugExit>>,
     power_offs: Vec<Arc<axdevice::PowerOff>>,
+    /// The ports of `debug_exits` and `power_offs`: only a write there can
+    /// end the VM.
+    power_ports: Vec<PortRange>,
     console: Arc<dyn UartBackend>,
     vcpus: Vec<AxVCpu<V>>,
+    /// One per vCPU: what it needs to read its current instruction quickly
+    /// on an MMIO exit.
+    fetch: Vec<FetchCaches>,
     boot: BootSetup,
     state: VmState,
+    /// The settled-in-VM counters; the exit counters live in the vCPUs.
     stats: ExitStats,
 }
 
@@ -117,6 +134,13 @@ where
             boot.entry.as_usize(),
             build::describe(&devs.set),
         );
+        let power_ports = devs
+            .debug_exits
+            .iter()
+            .map(|d| d.port_range())
+            .chain(devs.power_offs.iter().map(|p| p.port_range()))
+            .collect();
+        let fetch = vcpus.iter().map(|_| FetchCaches::default()).collect();
         Ok(Self {
             id: config.id,
             name: config.name.clone(),
@@ -126,8 +150,10 @@ where
             uart: devs.uart,
             debug_exits: devs.debug_exits,
             power_offs: devs.power_offs,
+            power_ports,
             console,
             vcpus,
+            fetch,
             boot,
             state: VmState::Created,
             stats: ExitStats::new(),
@@ -216,14 +242,22 @@ where
         self.vcpus.get_mut(id).ok_or(Error::NoSuchVCpu { id })
     }
 
-    /// The exit counters of the whole VM.
-    pub fn exit_stats(&self) -> &ExitStats {
-        &self.stats
+    /// The exit counters of the whole VM: the exits of all its vCPUs (each
+    /// counted once, by its [`AxVCpu`]) and what the VM settled itself.
+    pub fn exit_stats(&self) -> ExitStats {
+        let mut s = self.stats.clone();
+        for v in &self.vcpus {
+            s.exits.add(v.exit_counters());
+        }
+        s
     }
 
-    /// Sets the exit counters of the VM back to zero.
+    /// Sets the exit counters of the VM and of its vCPUs back to zero.
     pub fn reset_exit_stats(&mut self) {
         self.stats.reset();
+        for v in &mut self.vcpus {
+            v.reset_exit_counters();
+        }
     }
 
     /// Puts a hypercall's result where the guest expects it (RAX) on vCPU
@@ -260,7 +294,23 @@ where
     /// Exits that end the VM ([`VmExit::stops_vm`]) stop it. Errors are the
     /// hypervisor's own failures (a vCPU operation, host memory exhausted);
     /// they stop the VM too. A stopped VM gives [`Error::Stopped`].
+    ///
+    /// Hypercalls are returned ([`VmExit::Hypercall`]); see
+    /// [`run_vcpu_with`](Self::run_vcpu_with) to answer them in the loop.
     pub fn run_vcpu(&mut self, id: usize) -> Result<VmExit> {
+        self.run_vcpu_with(id, |_, _| None)
+    }
+
+    /// [`run_vcpu`](Self::run_vcpu), with the caller's hypercall handler
+    /// in the loop: `hypercall(nr, args)` returning `Some(result)` puts
+    /// `result` in the guest's RAX and runs the vCPU on without returning;
+    /// `None` returns the hypercall as [`VmExit::Hypercall`] (for the calls
+    /// that need more than the handler can do, such as managing this VM).
+    pub fn run_vcpu_with(
+        &mut self,
+        id: usize,
+        mut hypercall: impl FnMut(u64, &[u64; 6]) -> Option<u64>,
+    ) -> Result<VmExit> {
         if let VmState::Stopped(reason) = &self.state {
             return Err(Error::Stopped {
                 id: self.id,
@@ -270,8 +320,10 @@ where
         if id >= self.vcpus.len() {
             return Err(Error::NoSuchVCpu { id });
         }
-        self.state = VmState::Running;
-        match self.run_loop(id) {
+        if !matches!(self.state, VmState::Running) {
+            self.state = VmState::Running;
+        }
+        match self.run_loop(id, &mut hypercall) {
             Ok(exit) => {
                 if exit.stops_vm() {
                     self.stop(StopReason::Guest(exit.clone()));
@@ -285,15 +337,52 @@ where
         }
     }
 
-    fn run_loop(&mut self, id: usize) -> Result<VmExit> {
+    fn run_loop(
+        &mut self,
+        id: usize,
+        hypercall: &mut impl FnMut(u64, &[u64; 6]) -> Option<u64>,
+    ) -> Result<VmExit> {
         if self.vcpus[id].state() == VCpuState::Free {
             self.vcpus[id].bind()?;
         }
+        use AxVCpuExitReason as E;
         loop {
-            let exit = self.vcpus[id].run()?;
-            self.stats.exits.record(&exit);
-            if let Some(out) = self.settle(id, exit)? {
-                return Ok(out);
+            // The exit is matched where it lies (no copies of the whole
+            // enum); the frequent ones are settled right here.
+            let result = self.vcpus[id].run();
+            let exit = match result {
+                Ok(ref exit) => exit,
+                Err(e) => return Err(e.into()),
+            };
+            match *exit {
+                // Settled by the vCPU (CPUID, EFER, ...): enter again at once.
+                E::Nothing | E::InterruptWindow => {}
+                E::IoWrite { port, width, data } => {
+                    self.port_write(port, width, data);
+                    if self.power_ports.iter().any(|r| r.contains(port))
+                        && let Some(out) = self.poll_power_devices()
+                    {
+                        return Ok(out);
+                    }
+                }
+                E::IoRead { port, width } => {
+                    let value = self.port_read(port, width);
+                    self.vcpus[id].set_io_result(width, value)?;
+                }
+                E::NestedPageFault { addr, access_flags } => {
+                    if let Some(out) = self.nested_page_fault(id, addr, access_flags)? {
+                        return Ok(out);
+                    }
+                }
+                E::Hypercall { nr, args } => match hypercall(nr, &args) {
+                    Some(value) => self.vcpus[id].set_return_value(value),
+                    None => return Ok(VmExit::Hypercall { nr, args }),
+                },
+                _ => {
+                    if let Some(out) = self.settle(id, *exit)? {
+                        return Ok(out);
+                    }
+                }
             }
         }
     }
@@ -314,7 +403,11 @@ where
             }
             E::IoWrite { port, width, data } => {
                 self.port_write(port, width, data);
-                self.poll_power_devices()
+                if self.power_ports.iter().any(|r| r.contains(port)) {
+                    self.poll_power_devices()
+                } else {
+                    None
+                }
             }
             E::MsrRead { msr } => {
                 let value = self.msr_read(msr);
@@ -325,7 +418,7 @@ where
                 self.msr_write(msr, value);
                 None
             }
-            E::MmioRead { .. } | E::MmioWrite { .. } => self.complete_mmio(id, exit)?,
+            E::MmioRead { .. } | E::MmioWrite { .. } => self.complete_mmio(id, &exit, None)?,
             E::NestedPageFault { addr, access_flags } => {
                 self.nested_page_fault(id, addr, access_flags)?
             }
@@ -358,10 +451,19 @@ where
         })
     }
 
+    #[inline]
     fn port_read(&mut self, port: u16, width: AccessWidth) -> u64 {
         match self.devices.handle_port_read(port, width) {
             Ok(v) => v,
-            Err(axdevice::Error::Unclaimed { .. }) => {
+            Err(e) => self.port_read_failed(port, width, e),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn port_read_failed(&mut self, port: u16, width: AccessWidth, e: axdevice::Error) -> u64 {
+        match e {
+            axdevice::Error::Unclaimed { .. } => {
                 self.stats.unclaimed_port_reads += 1;
                 log::debug!(
                     "VM {}: in from unclaimed port {port:#x} ({} bytes): all ones",
@@ -370,7 +472,7 @@ where
                 );
                 width.mask()
             }
-            Err(e) => {
+            e => {
                 self.stats.device_errors += 1;
                 log::warn!("VM {}: in from port {port:#x}: {e}; all ones", self.id);
                 width.mask()
@@ -378,10 +480,18 @@ where
         }
     }
 
+    #[inline]
     fn port_write(&mut self, port: u16, width: AccessWidth, data: u64) {
-        match self.devices.handle_port_write(port, width, data) {
-            Ok(()) => {}
-            Err(axdevice::Error::Unclaimed { .. }) => {
+        if let Err(e) = self.devices.handle_port_write(port, width, data) {
+            self.port_write_failed(port, width, data, e);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn port_write_failed(&mut self, port: u16, width: AccessWidth, data: u64, e: axdevice::Error) {
+        match e {
+            axdevice::Error::Unclaimed { .. } => {
                 self.stats.unclaimed_port_writes += 1;
                 log::debug!(
                     "VM {}: out {data:#x} to unclaimed port {port:#x} ({} bytes): ignored",
@@ -389,7 +499,7 @@ where
                     width.size()
                 );
             }
-            Err(e) => {
+            e => {
                 self.stats.device_errors += 1;
                 log::warn!("VM {}: out to port {port:#x}: {e}; ignored", self.id);
             }
@@ -401,7 +511,7 @@ where
             Ok(v) => v,
             Err(axdevice::Error::Unclaimed { .. }) => {
                 self.stats.unclaimed_msr_reads += 1;
-                log::info!("VM {}: rdmsr of unhandled MSR {msr:#x}: 0", self.id);
+                log::debug!("VM {}: rdmsr of unhandled MSR {msr:#x}: 0", self.id);
                 0
             }
             Err(e) => {
@@ -417,7 +527,7 @@ where
             Ok(()) => {}
             Err(axdevice::Error::Unclaimed { .. }) => {
                 self.stats.unclaimed_msr_writes += 1;
-                log::info!(
+                log::debug!(
                     "VM {}: wrmsr {value:#x} to unhandled MSR {msr:#x}: ignored",
                     self.id
                 );
@@ -451,15 +561,30 @@ where
         None
     }
 
+    #[inline]
     fn nested_page_fault(
         &mut self,
         id: usize,
         gpa: GuestPhysAddr,
         access: MappingFlags,
     ) -> Result<Option<VmExit>> {
-        if self.devices.find_mmio(gpa).is_some() && !access.contains(MappingFlags::EXECUTE) {
-            return self.emulate_mmio(id, gpa);
+        if !access.contains(MappingFlags::EXECUTE)
+            && let Some(dev) = self.devices.find_mmio_index(gpa)
+        {
+            return self.emulate_mmio(id, gpa, dev);
         }
+        self.ram_page_fault(id, gpa, access)
+    }
+
+    /// A nested page fault that is not an MMIO access: lazily allocated
+    /// RAM, a race with a mapping, or a bad access.
+    #[inline(never)]
+    fn ram_page_fault(
+        &mut self,
+        id: usize,
+        gpa: GuestPhysAddr,
+        access: MappingFlags,
+    ) -> Result<Option<VmExit>> {
         if self.aspace.find_area(gpa).is_some() {
             if self.aspace.handle_page_fault(gpa, access)? {
                 self.stats.lazy_page_faults += 1;
@@ -483,40 +608,42 @@ where
     }
 
     /// Fetches, decodes and emulates the instruction of vCPU `id` that
-    /// touched device memory at `gpa`.
-    fn emulate_mmio(&mut self, id: usize, gpa: GuestPhysAddr) -> Result<Option<VmExit>> {
+    /// touched device memory at `gpa`, of the device at position `dev` of
+    /// the device set.
+    #[inline]
+    fn emulate_mmio(
+        &mut self,
+        id: usize,
+        gpa: GuestPhysAddr,
+        dev: usize,
+    ) -> Result<Option<VmExit>> {
         let loc = self.vcpus[id].arch_vcpu().guest_code_location();
-        let (bytes, len) = match fetch_code(&self.aspace, &loc) {
+        let caches = &mut self.fetch[id];
+        let mem = caches.pages.reader(&self.aspace);
+        let (bytes, len) = match fetch_code_cached(&mem, &mut caches.walks, &loc) {
             Ok(b) => b,
-            Err(e) => {
-                return Ok(Some(VmExit::Unhandled {
-                    reason: format!(
-                        "MMIO access to {:#x}: cannot fetch the instruction: {e}",
-                        gpa.as_usize()
-                    ),
-                    rip: loc.linear_rip,
-                }));
-            }
+            Err(e) => return Ok(Some(fetch_failed(gpa, loc.linear_rip, e))),
         };
-        match self.vcpus[id]
+        let decoded = self.vcpus[id]
             .arch_vcpu_mut()
-            .decode_mmio(gpa, &bytes[..len])
-        {
-            Ok(exit) => self.complete_mmio(id, exit),
-            Err(e) => Ok(Some(VmExit::Unhandled {
-                reason: format!(
-                    "MMIO access to {:#x} by instruction {:02x?}: {e}",
-                    gpa.as_usize(),
-                    &bytes[..len]
-                ),
-                rip: loc.linear_rip,
-            })),
+            .decode_mmio(gpa, &bytes[..len]);
+        match decoded {
+            Ok(ref exit) => self.complete_mmio(id, exit, Some(dev)),
+            Err(e) => Ok(Some(decode_failed(gpa, loc.linear_rip, &bytes[..len], e))),
         }
     }
 
-    /// Emulates a decoded MMIO access against the device set.
-    fn complete_mmio(&mut self, id: usize, exit: AxVCpuExitReason) -> Result<Option<VmExit>> {
-        match exit {
+    /// Emulates a decoded MMIO access against the device set; `dev` is the
+    /// device's position if it is known (a hint: a wrong one costs a lookup).
+    #[inline]
+    fn complete_mmio(
+        &mut self,
+        id: usize,
+        exit: &AxVCpuExitReason,
+        dev: Option<usize>,
+    ) -> Result<Option<VmExit>> {
+        let hint = dev.unwrap_or(usize::MAX);
+        match *exit {
             AxVCpuExitReason::MmioRead {
                 addr,
                 width,
@@ -525,30 +652,70 @@ where
                 signed_ext,
             } => {
                 self.stats.mmio_reads += 1;
-                let value = match self.devices.handle_mmio_read(addr, width) {
+                let value = match self.devices.handle_mmio_read_at(hint, addr, width) {
                     Ok(v) => v,
-                    Err(e) => {
-                        self.stats.device_errors += 1;
-                        log::warn!("VM {}: MMIO read: {e}; all ones", self.id);
-                        width.mask()
-                    }
+                    Err(e) => self.mmio_read_failed(width, e),
                 };
                 self.vcpus[id].set_mmio_read_result(reg, width, reg_width, signed_ext, value)?;
                 Ok(None)
             }
             AxVCpuExitReason::MmioWrite { addr, width, data } => {
                 self.stats.mmio_writes += 1;
-                if let Err(e) = self.devices.handle_mmio_write(addr, width, data) {
-                    self.stats.device_errors += 1;
-                    log::warn!("VM {}: MMIO write: {e}; ignored", self.id);
+                if let Err(e) = self.devices.handle_mmio_write_at(hint, addr, width, data) {
+                    self.mmio_write_failed(e);
                 }
                 Ok(None)
             }
-            other => Ok(Some(VmExit::Unhandled {
-                reason: format!("MMIO decode gave exit {}", other.name()),
-                rip: self.rip(id),
-            })),
+            ref other => Ok(Some(self.not_mmio(id, other))),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mmio_read_failed(&mut self, width: AccessWidth, e: axdevice::Error) -> u64 {
+        self.stats.device_errors += 1;
+        log::warn!("VM {}: MMIO read: {e}; all ones", self.id);
+        width.mask()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mmio_write_failed(&mut self, e: axdevice::Error) {
+        self.stats.device_errors += 1;
+        log::warn!("VM {}: MMIO write: {e}; ignored", self.id);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_mmio(&self, id: usize, exit: &AxVCpuExitReason) -> VmExit {
+        VmExit::Unhandled {
+            reason: format!("MMIO decode gave exit {}", exit.name()),
+            rip: self.rip(id),
+        }
+    }
+}
+
+/// The exit for an MMIO access whose instruction could not be fetched.
+#[cold]
+fn fetch_failed(gpa: GuestPhysAddr, rip: u64, e: axaddrspace::Error) -> VmExit {
+    VmExit::Unhandled {
+        reason: format!(
+            "MMIO access to {:#x}: cannot fetch the instruction: {e}",
+            gpa.as_usize()
+        ),
+        rip,
+    }
+}
+
+/// The exit for an MMIO access whose instruction could not be decoded.
+#[cold]
+fn decode_failed(gpa: GuestPhysAddr, rip: u64, bytes: &[u8], e: x86_vcpu::Error) -> VmExit {
+    VmExit::Unhandled {
+        reason: format!(
+            "MMIO access to {:#x} by instruction {bytes:02x?}: {e}",
+            gpa.as_usize()
+        ),
+        rip,
     }
 }
 

@@ -280,6 +280,60 @@ impl fmt::Display for RunSummary {
     }
 }
 
+/// The host memory one VM took when it was built, printed after the build
+/// as `VM <id> memory: total <n> KiB, guest RAM <n> KiB, hypervisor <n> KiB,
+/// per vCPU <n> KiB` (the format `cargo xtask bench` reads).
+///
+/// - total: frame-allocator frames the build took (guest RAM allocated at
+///   creation, nested page tables, the vCPUs' control structures);
+/// - guest RAM: the RAM the configuration has allocated at creation
+///   ([`eager_ram_bytes`]; lazily allocated RAM comes later);
+/// - hypervisor: total minus guest RAM;
+/// - per vCPU: the frames one vCPU's control structures take (SVM: VMCB,
+///   host save page, I/O and MSR permission maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmMemoryReport {
+    /// The VM's id.
+    pub id: usize,
+    /// Bytes of frames the build took.
+    pub total_bytes: u64,
+    /// Bytes of guest RAM allocated at creation.
+    pub guest_ram_bytes: u64,
+    /// Bytes of frames one vCPU takes.
+    pub per_vcpu_bytes: u64,
+}
+
+impl VmMemoryReport {
+    /// The hypervisor's own part: total minus guest RAM.
+    pub const fn hypervisor_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.guest_ram_bytes)
+    }
+}
+
+impl fmt::Display for VmMemoryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VM {} memory: total {} KiB, guest RAM {} KiB, hypervisor {} KiB, per vCPU {} KiB",
+            self.id,
+            self.total_bytes >> 10,
+            self.guest_ram_bytes >> 10,
+            self.hypervisor_bytes() >> 10,
+            self.per_vcpu_bytes >> 10
+        )
+    }
+}
+
+/// The RAM of `config` that is allocated when the VM is created (regions
+/// with `map = "alloc"`), in bytes.
+pub fn eager_ram_bytes(config: &axvmconfig::VmConfig) -> u64 {
+    config
+        .memory
+        .iter()
+        .filter(|r| r.map == axvmconfig::MapKind::Alloc)
+        .fold(0u64, |a, r| a.saturating_add(r.size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +526,48 @@ mod tests {
         let s = summary(&[OK, VmEnd::Exited { status: 3 }, VmEnd::Exited { status: 4 }]);
         assert_eq!(s.exit_value(), 3);
         assert_eq!(s.vms(), 3);
+    }
+
+    #[test]
+    fn memory_report_line() {
+        // 16 MiB of RAM, 25 frames of nested page tables, one SVM vCPU of
+        // 7 frames (VMCB, host save, 3 IOPM, 2 MSRPM).
+        let r = VmMemoryReport {
+            id: 1,
+            total_bytes: (16 << 20) + (32 << 12),
+            guest_ram_bytes: 16 << 20,
+            per_vcpu_bytes: 7 << 12,
+        };
+        assert_eq!(r.hypervisor_bytes(), 128 << 10);
+        assert_eq!(
+            r.to_string(),
+            "VM 1 memory: total 16512 KiB, guest RAM 16384 KiB, hypervisor 128 KiB, per vCPU 28 KiB"
+        );
+        // Less taken than the RAM (never for eager RAM): no underflow.
+        let r = VmMemoryReport {
+            total_bytes: 4096,
+            ..r
+        };
+        assert_eq!(r.hypervisor_bytes(), 0);
+    }
+
+    #[test]
+    fn eager_ram_counts_allocated_regions_only() {
+        use axvmconfig::{BootProtocol, MapKind, MemFlags, MemoryRegion, VmConfig};
+        let mut c = VmConfig::new(3, "m", 16 << 20, "k", BootProtocol::Multiboot);
+        assert_eq!(eager_ram_bytes(&c), 16 << 20);
+        c.memory.push(MemoryRegion {
+            gpa: 0x100_0000,
+            size: 8 << 20,
+            map: MapKind::AllocLazy,
+            flags: MemFlags::RWX,
+        });
+        c.memory.push(MemoryRegion {
+            gpa: 0x200_0000,
+            size: 0x1000,
+            map: MapKind::Alloc,
+            flags: MemFlags::READ,
+        });
+        assert_eq!(eager_ram_bytes(&c), (16 << 20) + 0x1000);
     }
 }

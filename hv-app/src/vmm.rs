@@ -15,13 +15,14 @@ use alloc::vec::Vec;
 
 use axaddrspace::{GuestPhysAddr, NestedPagingKind};
 use axdevice::UartBackend;
-use axvcpu::AxArchPerCpu;
+use axvcpu::{AxArchPerCpu, AxArchVCpu};
 use axvm::{StopReason, Vm, VmExit};
 use axvmconfig::VmConfig;
 use hv_app::guest_console::{VmConsole, VmLine};
 use hv_app::hypercall;
+use hv_app::memory::FRAME_SIZE;
 use hv_app::multiboot::{BootInfo, read_c_str};
-use hv_app::vm_end::{RunSummary, StopContext, VmEnd};
+use hv_app::vm_end::{RunSummary, StopContext, VmEnd, VmMemoryReport, eager_ram_bytes};
 use hv_app::vm_modules::{ModuleRole, VmModules, pair_vm_modules};
 use hv_app::{Error, Result};
 use x86_vcpu::vendor::HwCpuid;
@@ -231,6 +232,8 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
     let id = config.id;
     let console = Arc::new(VmConsole::new(id, print_guest_line));
     let backend: Arc<dyn UartBackend> = console.clone();
+    let per_vcpu_bytes = vcpu_frames(tag).saturating_mul(FRAME_SIZE);
+    let (free_before, _) = crate::mem::frame_counts();
     let mut vm = match HvVm::new(
         &config,
         parts.image,
@@ -245,6 +248,16 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
             return end;
         }
     };
+    let (free_after, _) = crate::mem::frame_counts();
+    println!(
+        "{}",
+        VmMemoryReport {
+            id,
+            total_bytes: free_before.saturating_sub(free_after) * FRAME_SIZE,
+            guest_ram_bytes: eager_ram_bytes(&config),
+            per_vcpu_bytes,
+        }
+    );
     let boot = vm.boot();
     log::info!(
         "VM {id} ({}): kernel at GPA [{:#x}, {:#x}), entry {:#x}{}",
@@ -273,6 +286,19 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
     }
     print_exits(&vm);
     end
+}
+
+/// The frames one vCPU's control structures take (SVM: VMCB, host save
+/// page, I/O and MSR permission maps), measured by creating a vCPU with TLB
+/// tag `tag` and dropping it again.
+fn vcpu_frames(tag: u16) -> u64 {
+    let (before, _) = crate::mem::frame_counts();
+    let Ok(probe) = X86Vcpu::<HvHal>::new(0, X86VcpuCreateConfig::new(0, tag)) else {
+        return 0;
+    };
+    let (after, _) = crate::mem::frame_counts();
+    drop(probe);
+    before.saturating_sub(after)
 }
 
 /// Prints `VM <id> exits: N (IoRead a, IoWrite b, ...)`, then what the VM
@@ -305,8 +331,15 @@ fn print_exits(vm: &HvVm) {
 fn run(vm: &mut HvVm) -> VmEnd {
     let id = vm.id();
     log::info!("VM {id} ({}): running", vm.name());
+    // The hypercalls a guest VM may make are answered inside the VM's exit
+    // loop, without coming back here.
+    let answer = |nr: u64, args: &[u64; 6]| {
+        let result = hypercall::handle(nr, args);
+        log::trace!("VM {id}: hypercall {nr:#x} {args:x?} -> {result:#x}");
+        Some(result)
+    };
     loop {
-        let exit = match vm.run_vcpu(0) {
+        let exit = match vm.run_vcpu_with(0, answer) {
             Ok(exit) => exit,
             Err(e) => return VmEnd::Error(Error::from(e).to_string()),
         };
@@ -383,7 +416,7 @@ impl StopContext for Stopped<'_> {
     fn entry_check(&self) -> Option<&'static str> {
         match self.0.vcpu(0).ok()?.arch_vcpu() {
             X86Vcpu::Svm(v) => v.entry_failure(),
-            X86Vcpu::Vmx(_) => None,
+            X86Vcpu::Vmx(v) => v.entry_failure().map(|f| f.description()),
         }
     }
 }

@@ -93,6 +93,25 @@ impl<H: Hal> AxArchVCpu for X86Vcpu<H> {
     fn set_return_value(&mut self, val: u64) {
         both!(self, v => v.set_return_value(val))
     }
+
+    fn set_io_result(&mut self, width: axaddrspace::AccessWidth, value: u64) -> axvcpu::Result {
+        both!(self, v => v.set_io_result(width, value))
+    }
+
+    fn set_mmio_read_result(
+        &mut self,
+        reg: usize,
+        width: axaddrspace::AccessWidth,
+        reg_width: axaddrspace::AccessWidth,
+        signed_ext: bool,
+        value: u64,
+    ) -> axvcpu::Result {
+        both!(self, v => v.set_mmio_read_result(reg, width, reg_width, signed_ext, value))
+    }
+
+    fn set_msr_result(&mut self, value: u64) {
+        both!(self, v => v.set_msr_result(value))
+    }
 }
 
 impl<H: Hal> X86VcpuExt for X86Vcpu<H> {

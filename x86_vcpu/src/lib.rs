@@ -6,6 +6,7 @@ extern crate alloc;
 
 pub mod cpuid;
 pub mod decode;
+pub mod decode_cache;
 mod dispatch;
 mod error;
 pub mod hal;

@@ -151,6 +151,69 @@ fn hypercalls_reach_the_caller_and_get_their_result() {
 }
 
 #[test]
+fn a_hypercall_handler_answers_in_the_loop_and_defers_the_rest() {
+    let hc = |nr: u64| E::Hypercall {
+        nr,
+        args: [1, 2, 3, 4, 5, 6],
+    };
+    let (mut vm, _) = build(vec![hc(0), hc(0), hc(0x10), E::Halt]);
+    let mut seen = Vec::new();
+    // The handler answers number 0 (the version) and leaves 0x10 to the
+    // caller.
+    let exit = vm.run_vcpu_with(0, |nr, args| {
+        seen.push((nr, *args));
+        (nr == 0).then_some(0x0001_0000)
+    });
+    assert_eq!(
+        exit,
+        Ok(VmExit::Hypercall {
+            nr: 0x10,
+            args: [1, 2, 3, 4, 5, 6]
+        })
+    );
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0], (0, [1, 2, 3, 4, 5, 6]));
+    // The answered ones went to RAX without leaving the loop: three runs.
+    assert_eq!(mock(&vm).runs, 3);
+    assert_eq!(mock(&vm).regs[0], 0x0001_0000);
+    vm.set_hypercall_result(0, 7).unwrap();
+    assert_eq!(vm.run_vcpu_with(0, |_, _| None), Ok(VmExit::Halt));
+    assert_eq!(mock(&vm).regs[0], 7);
+    // Every exit counted once, answered or not.
+    let s = vm.exit_stats();
+    assert_eq!(s.exits_of(ExitReasonKind::Hypercall), 3);
+    assert_eq!(s.exits.total(), 4);
+    assert_eq!(&s.exits, vm.vcpu(0).unwrap().exit_counters());
+    vm.reset_exit_stats();
+    assert_eq!(vm.exit_stats().exits.total(), 0);
+    assert_eq!(vm.vcpu(0).unwrap().exit_counters().total(), 0);
+}
+
+#[test]
+fn only_writes_to_the_power_ports_can_end_the_vm() {
+    let mut c = test_config();
+    c.devices
+        .emulated
+        .push(EmulatedDevice::new(DeviceKind::PowerOff));
+    // Writes to the UART and to an unclaimed port around the power-off
+    // port's range (0x604..0x606) run on; the write to 0x604 ends the VM.
+    let (mut vm, _) = build_with(
+        &c,
+        vec![
+            out(0x3ff, AccessWidth::Byte, 0x55),
+            out(0x603, AccessWidth::Byte, 0xff),
+            out(0x606, AccessWidth::Word, 0x2000),
+            out(0x604, AccessWidth::Word, 0x2000),
+            E::Halt,
+        ],
+    )
+    .unwrap();
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::PowerOff));
+    assert_eq!(mock(&vm).runs, 4);
+    assert_eq!(vm.exit_stats().unclaimed_port_writes, 2);
+}
+
+#[test]
 fn triple_fault_shutdown_and_failed_entry_end_the_vm() {
     let (mut vm, _) = build(vec![E::TripleFault]);
     mock_mut(&mut vm).loc = flat32(0x20_0123);

@@ -48,7 +48,7 @@ fn a_store_becomes_a_device_write() {
     assert_eq!(mock(&vm).loc.linear_rip, CODE_GVA + 3);
     assert_eq!(
         vm.exit_stats(),
-        &ExitStats {
+        ExitStats {
             mmio_writes: 1,
             exits: vm.exit_stats().exits.clone(),
             ..ExitStats::new()
@@ -217,4 +217,52 @@ fn mmio_exits_reported_by_the_vcpu_are_emulated_too() {
     assert_eq!(mock(&vm).regs[3], 0xffff_ffff_ffff_ffcd);
     let s = vm.exit_stats();
     assert_eq!((s.mmio_reads, s.mmio_writes), (1, 1));
+}
+
+#[test]
+fn rewritten_code_and_remapped_pages_are_fetched_anew() {
+    // Three MMIO stores at the same RIP; between them the guest rewrites
+    // the instruction, then points the code page elsewhere. The fetch
+    // caches (page walk, host page) must not hand back the old bytes.
+    let store = || npf(WINDOW, MappingFlags::WRITE);
+    let (mut vm, _) = build(vec![store(), E::Halt, store(), E::Halt, store(), E::Halt]);
+    map_code_pages(&mut vm);
+    // mov dword ptr [rdi], eax
+    vm.aspace_mut().write(gpa(CODE_GPA), &[0x89, 0x07]).unwrap();
+    let m = mock_mut(&mut vm);
+    m.loc = long_mode(CODE_GVA, CR3);
+    m.regs[0] = 0x1122_3344;
+    m.regs[1] = 0xab;
+    m.regs[2] = 0x5566;
+    m.regs[7] = WINDOW as u64;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(window_u64(&vm, 0), 0x1122_3344);
+
+    // Self-modifying code: mov byte ptr [rdi], cl.
+    vm.aspace_mut().write(gpa(CODE_GPA), &[0x88, 0x0f]).unwrap();
+    mock_mut(&mut vm).loc.linear_rip = CODE_GVA;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(window_u64(&vm, 0), 0x1122_33ab);
+
+    // The guest maps its code page to GPA NEXT_GPA, which holds
+    // mov word ptr [rdi], dx; the old page still has the old bytes.
+    vm.aspace_mut()
+        .write(gpa(NEXT_GPA), &[0x66, 0x89, 0x17])
+        .unwrap();
+    vm.aspace_mut()
+        .write_obj(gpa(0x4000), &(NEXT_GPA as u64 | 0b11))
+        .unwrap();
+    mock_mut(&mut vm).loc.linear_rip = CODE_GVA;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(window_u64(&vm, 0), 0x1122_5566);
+    let fetched: Vec<_> = mock(&vm).decoded.iter().map(|b| b[..3].to_vec()).collect();
+    assert_eq!(
+        fetched,
+        [
+            vec![0x89, 0x07, 0],
+            vec![0x88, 0x0f, 0],
+            vec![0x66, 0x89, 0x17]
+        ]
+    );
+    assert_eq!(vm.exit_stats().mmio_writes, 3);
 }

@@ -120,6 +120,7 @@ unsafe fn xsetbv0(value: u64) {
 /// VMCB that passes [`super::check_vmcb`] and `host_save` a 4 KiB page owned
 /// by the caller; `guest_xcr0` was validated with
 /// [`crate::vcpu::validate_xcr0`].
+#[inline(always)]
 pub(crate) unsafe fn vmrun(
     vmcb: HostPhysAddr,
     regs: &mut GeneralRegisters,

@@ -5,21 +5,22 @@
 //! ([`SvmVcpu::handle_exit`]). VMRUN lives in [`super::hw`] and only exists
 //! on bare metal (`target_os = "none"`).
 
-use axaddrspace::{GuestPhysAddr, HostPhysAddr};
+use axaddrspace::{AccessWidth, GuestPhysAddr, HostPhysAddr};
 use axvcpu::{AxArchPerCpu, AxArchVCpu, AxVCpuExitReason};
 
 use super::bitmap::{IOPM_SIZE, MSRPM_SIZE, SvmIopm, SvmMsrpm};
 use super::event::SvmEvent;
-use super::exit::{IoioInfo, SvmExitCode, npf_access_flags};
+use super::exit::{IoioInfo, SvmExitCode, code as exit_code, npf_access_flags};
 use super::setup::{SvmControlsConfig, check_vmcb, write_controls, write_guest_state};
 use super::vmcb::{InterceptMisc1, Vmcb, tlb_control, vintr};
 use crate::cpuid::CpuidPolicy;
+use crate::decode_cache::DecodeCache;
 use crate::hal::{Hal, PAGE_SIZE, PhysFrames};
 use crate::msr::{self, MsrAccess, efer};
 use crate::regs::GeneralRegisters;
 use crate::vcpu::{
     GuestCodeLocation, PendingInterrupts, X86VcpuCreateConfig, X86VcpuExt, X86VcpuSetupConfig,
-    bitness, decode_for, hypercall_exit, mmio_exit, validate_xcr0,
+    bitness, mmio_exit, validate_xcr0,
 };
 use crate::vendor::{CpuidSource, HwCpuid, SvmFeatures, VirtKind, detect};
 use crate::{Error, Result};
@@ -68,8 +69,13 @@ pub struct SvmVcpu<H: Hal> {
     pending: PendingInterrupts,
     guest_xcr0: u64,
     ready: bool,
+    /// The VMCB state that [`check_vmcb`] looks at may have changed since it
+    /// last passed: check again before the next VMRUN.
+    vmcb_dirty: bool,
     /// The consistency check the VMCB failed at the last `run`, if any.
     entry_failure: Option<&'static str>,
+    /// Decoded MMIO instructions ([`X86VcpuExt::decode_mmio`]).
+    decode_cache: DecodeCache,
 }
 
 impl<H: Hal> core::fmt::Debug for SvmVcpu<H> {
@@ -125,7 +131,9 @@ impl<H: Hal> SvmVcpu<H> {
             pending: PendingInterrupts::default(),
             guest_xcr0: 1,
             ready: false,
+            vmcb_dirty: true,
             entry_failure: None,
+            decode_cache: DecodeCache::new(),
         })
     }
 
@@ -142,10 +150,38 @@ impl<H: Hal> SvmVcpu<H> {
         unsafe { &*(self.vmcb.as_ref().as_ptr() as *const Vmcb) }
     }
 
-    /// The VMCB, mutably.
+    /// The VMCB, mutably. Anything may change through it, so the next
+    /// [`AxArchVCpu::run`] checks the VMCB again ([`check_vmcb`]) before
+    /// VMRUN.
     pub fn vmcb_mut(&mut self) -> &mut Vmcb {
+        self.vmcb_dirty = true;
+        self.vmcb_raw_mut()
+    }
+
+    /// The VMCB, mutably, without asking for a new consistency check: only
+    /// for the exit handlers' writes to fields [`check_vmcb`] does not look
+    /// at (RIP, RAX, RSP, the interrupt shadow, V_INTR, the VINTR intercept,
+    /// TLB_CONTROL) or values valid by construction (EVENTINJ from an
+    /// [`SvmEvent`]).
+    #[inline(always)]
+    fn vmcb_raw_mut(&mut self) -> &mut Vmcb {
         // SAFETY: as in `vmcb`, with exclusive access through `&mut self`.
         unsafe { &mut *(self.vmcb.as_mut().as_mut_ptr() as *mut Vmcb) }
+    }
+
+    /// Whether the next [`AxArchVCpu::run`] checks the VMCB before VMRUN:
+    /// after setup's own check it does not, until the VMCB may have changed
+    /// in a way the guest cannot cause (a write through [`Self::vmcb_mut`],
+    /// a new nested page table root, an emulated EFER write, a failed
+    /// VMRUN). The guest's own state changes are checked by the processor
+    /// as the guest makes them.
+    pub fn entry_check_pending(&self) -> bool {
+        self.vmcb_dirty
+    }
+
+    /// The MMIO decode cache (for statistics).
+    pub fn decode_cache(&self) -> &DecodeCache {
+        &self.decode_cache
     }
 
     /// Physical address of the VMCB.
@@ -182,6 +218,7 @@ impl<H: Hal> SvmVcpu<H> {
         self.pending.len()
     }
 
+    #[inline]
     fn get_reg(&self, reg: usize) -> Result<u64> {
         match reg {
             0 => Ok(self.vmcb().save.rax),
@@ -190,13 +227,52 @@ impl<H: Hal> SvmVcpu<H> {
         }
     }
 
+    #[inline]
     fn set_reg(&mut self, reg: usize, val: u64) -> Result {
         match reg {
-            0 => self.vmcb_mut().save.rax = val,
-            4 => self.vmcb_mut().save.rsp = val,
+            0 => self.vmcb_raw_mut().save.rax = val,
+            4 => self.vmcb_raw_mut().save.rsp = val,
             _ => self.regs.set(reg, val)?,
         }
         Ok(())
+    }
+
+    /// Where general-purpose register `reg` (0 = RAX ... 15 = R15) lives:
+    /// RAX and RSP in the VMCB, the others in the register block.
+    #[inline]
+    fn gpr_slot(&mut self, reg: usize) -> Option<&mut u64> {
+        match reg {
+            0 => return Some(&mut self.vmcb_raw_mut().save.rax),
+            4 => return Some(&mut self.vmcb_raw_mut().save.rsp),
+            _ => {}
+        }
+        let r = &mut self.regs;
+        Some(match reg {
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            15 => &mut r.r15,
+            _ => return None,
+        })
+    }
+
+    /// The code-segment bitness (16, 32, 64) of the guest.
+    #[inline]
+    fn code_bitness(&self) -> u32 {
+        let s = &self.vmcb().save;
+        // VMCB attribute -> VMX access rights, for `bitness`.
+        let cs_ar = (u32::from(s.cs.attrib & 0xf00) << 4) | u32::from(s.cs.attrib & 0xff);
+        bitness(s.efer, cs_ar, s.cr0)
     }
 
     fn gpr32(&self, reg: usize) -> u64 {
@@ -206,9 +282,10 @@ impl<H: Hal> SvmVcpu<H> {
     /// Steps over the intercepted instruction of length `len`: RIP = nRIP
     /// when the processor saved it, else RIP + `len`. Clears the interrupt
     /// shadow, as executing the instruction would.
+    #[inline(always)]
     fn advance_rip(&mut self, len: u64) {
         let nrip = self.features.nrip_save;
-        let v = self.vmcb_mut();
+        let v = self.vmcb_raw_mut();
         v.save.rip = if nrip && v.control.next_rip != 0 {
             v.control.next_rip
         } else {
@@ -218,7 +295,7 @@ impl<H: Hal> SvmVcpu<H> {
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) -> Result {
-        self.vmcb_mut().control.event_inj = SvmEvent::exception(vector, error_code)?.to_raw();
+        self.vmcb_raw_mut().control.event_inj = SvmEvent::exception(vector, error_code)?.to_raw();
         Ok(())
     }
 
@@ -241,7 +318,16 @@ impl<H: Hal> SvmVcpu<H> {
 
     /// Work before each VMRUN: inject the oldest pending interrupt if the
     /// guest can take it, otherwise ask for a VINTR exit when it can.
+    #[inline]
     pub fn prepare_entry(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.inject_pending();
+    }
+
+    #[inline(never)]
+    fn inject_pending(&mut self) {
         if self.vmcb().control.event_inj & super::event::EVENTINJ_VALID != 0 {
             return; // An event is being (re)delivered first.
         }
@@ -252,10 +338,10 @@ impl<H: Hal> SvmVcpu<H> {
             self.pending.pop();
             // `push` refused vectors below 32, so this cannot fail.
             if let Ok(ev) = SvmEvent::interrupt(vector) {
-                self.vmcb_mut().control.event_inj = ev.to_raw();
+                self.vmcb_raw_mut().control.event_inj = ev.to_raw();
             }
         } else {
-            let c = &mut self.vmcb_mut().control;
+            let c = &mut self.vmcb_raw_mut().control;
             c.vintr |= vintr::V_IRQ | vintr::V_IGN_TPR;
             c.intercept_misc1 |= InterceptMisc1::VINTR.bits();
         }
@@ -264,59 +350,46 @@ impl<H: Hal> SvmVcpu<H> {
     /// Decides what a #VMEXIT means, updating guest state (RIP, registers)
     /// for the exits handled here. `cpuid` answers the host CPUID for
     /// guest CPUID exits.
+    ///
+    /// The frequent exits (CPUID, port I/O, MSR, VMMCALL, nested page
+    /// fault) are dispatched on the raw exit code; the rest through
+    /// [`SvmExitCode`].
+    #[inline]
     pub fn handle_exit(&mut self, cpuid: &impl CpuidSource) -> Result<AxVCpuExitReason> {
         let (code, info1, info2, int_info) = {
             let c = &self.vmcb().control;
             (c.exit_code, c.exit_info_1, c.exit_info_2, c.exit_int_info)
         };
         {
-            let c = &mut self.vmcb_mut().control;
+            let c = &mut self.vmcb_raw_mut().control;
             c.tlb_control = tlb_control::DO_NOTHING;
             // An event interrupted by the exit is delivered again.
-            c.event_inj = if SvmEvent::from_raw(int_info).is_some() {
-                int_info
-            } else {
-                0
-            };
+            c.event_inj = 0;
+        }
+        if int_info & super::event::EVENTINJ_VALID != 0 {
+            self.redeliver(int_info);
         }
         use AxVCpuExitReason as R;
-        Ok(match SvmExitCode::from_raw(code) {
-            SvmExitCode::Intr | SvmExitCode::Nmi | SvmExitCode::Smi | SvmExitCode::Init => {
-                R::Nothing
-            }
-            SvmExitCode::Vintr => {
-                let c = &mut self.vmcb_mut().control;
-                c.vintr &= !(vintr::V_IRQ | vintr::V_IGN_TPR);
-                c.intercept_misc1 &= !InterceptMisc1::VINTR.bits();
-                R::InterruptWindow
-            }
-            SvmExitCode::Cpuid => {
-                let (leaf, sub) = (self.gpr32(0) as u32, self.gpr32(1) as u32);
+        Ok(match code {
+            exit_code::CPUID => {
+                let (leaf, sub) = (self.vmcb().save.rax as u32, self.regs.rcx as u32);
                 let r = self
                     .cpuid
                     .filter(leaf, sub, cpuid.cpuid(leaf, sub), self.vmcb().save.cr4);
-                self.set_reg(0, r.eax.into())?;
-                self.set_reg(3, r.ebx.into())?;
-                self.set_reg(1, r.ecx.into())?;
-                self.set_reg(2, r.edx.into())?;
+                self.vmcb_raw_mut().save.rax = r.eax.into();
+                self.regs.rbx = r.ebx.into();
+                self.regs.rcx = r.ecx.into();
+                self.regs.rdx = r.edx.into();
                 self.advance_rip(insn_len::CPUID);
                 R::Nothing
             }
-            SvmExitCode::Hlt => {
-                self.advance_rip(insn_len::HLT);
-                R::Halt
-            }
-            SvmExitCode::Vmmcall => {
-                self.advance_rip(insn_len::VMMCALL);
-                hypercall_exit(|r| self.get_reg(r).unwrap_or(0))
-            }
-            SvmExitCode::Ioio => {
+            exit_code::IOIO => {
                 let io = IoioInfo::from_raw(info1)?;
                 if io.is_string {
                     return Err(Error::Unsupported("string port I/O (INS/OUTS)"));
                 }
                 // EXITINFO2 holds the RIP of the next instruction (APM 15.10.2).
-                let v = self.vmcb_mut();
+                let v = self.vmcb_raw_mut();
                 v.save.rip = info2;
                 v.control.interrupt_shadow &= !1;
                 if io.is_in {
@@ -328,16 +401,60 @@ impl<H: Hal> SvmVcpu<H> {
                     R::IoWrite {
                         port: io.port,
                         width: io.width,
-                        data: self.vmcb().save.rax & io.width.mask(),
+                        data: v.save.rax & io.width.mask(),
                     }
                 }
             }
-            SvmExitCode::Msr => self.handle_msr(info1 != 0)?,
-            SvmExitCode::Shutdown => R::TripleFault,
-            SvmExitCode::Npf => R::NestedPageFault {
+            exit_code::MSR => self.handle_msr(info1 != 0)?,
+            exit_code::VMMCALL => {
+                self.advance_rip(insn_len::VMMCALL);
+                // The register convention of `crate::vcpu::HYPERCALL_ARG_REGS`.
+                let r = &self.regs;
+                R::Hypercall {
+                    nr: self.vmcb().save.rax,
+                    args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9],
+                }
+            }
+            exit_code::NPF => R::NestedPageFault {
                 addr: GuestPhysAddr::from(info2 as usize),
                 access_flags: npf_access_flags(info1),
             },
+            _ => self.handle_other_exit(code, cpuid)?,
+        })
+    }
+
+    /// EXITINTINFO is valid: deliver that event again if it is well formed.
+    #[cold]
+    fn redeliver(&mut self, int_info: u64) {
+        if SvmEvent::from_raw(int_info).is_some() {
+            self.vmcb_raw_mut().control.event_inj = int_info;
+        }
+    }
+
+    /// The exits that are not frequent enough for [`Self::handle_exit`]'s
+    /// fast dispatch.
+    #[inline(never)]
+    fn handle_other_exit(
+        &mut self,
+        code: u64,
+        cpuid: &impl CpuidSource,
+    ) -> Result<AxVCpuExitReason> {
+        use AxVCpuExitReason as R;
+        Ok(match SvmExitCode::from_raw(code) {
+            SvmExitCode::Intr | SvmExitCode::Nmi | SvmExitCode::Smi | SvmExitCode::Init => {
+                R::Nothing
+            }
+            SvmExitCode::Vintr => {
+                let c = &mut self.vmcb_raw_mut().control;
+                c.vintr &= !(vintr::V_IRQ | vintr::V_IGN_TPR);
+                c.intercept_misc1 &= !InterceptMisc1::VINTR.bits();
+                R::InterruptWindow
+            }
+            SvmExitCode::Hlt => {
+                self.advance_rip(insn_len::HLT);
+                R::Halt
+            }
+            SvmExitCode::Shutdown => R::TripleFault,
             SvmExitCode::Xsetbv => {
                 let value = (self.gpr32(2) << 32) | self.gpr32(0);
                 let host = cpuid.cpuid(0xd, 0);
@@ -368,23 +485,30 @@ impl<H: Hal> SvmVcpu<H> {
             SvmExitCode::Exception(18) => {
                 return Err(Error::Unsupported("machine check during guest execution"));
             }
-            // Reported as -1 whichever width the processor stored.
-            SvmExitCode::Invalid => R::FailEntry {
-                hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
-            },
+            // Reported as -1 whichever width the processor stored. The VMCB
+            // may hold something else than what was entered now: check it
+            // again before another VMRUN.
+            SvmExitCode::Invalid => {
+                self.vmcb_dirty = true;
+                R::FailEntry {
+                    hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
+                }
+            }
             _ => return Err(Error::UnknownExit(code)),
         })
     }
 
+    #[inline]
     fn handle_msr(&mut self, write: bool) -> Result<AxVCpuExitReason> {
-        let msr = self.gpr32(1) as u32;
-        let value = (self.gpr32(2) << 32) | self.gpr32(0);
+        let msr = self.regs.rcx as u32;
+        let value = (self.regs.rdx << 32) | (self.vmcb().save.rax & 0xffff_ffff);
         let exit = match (msr, write) {
-            // EFER is in the VMCB; SVME stays set and hidden from the guest.
+            // EFER is in the VMCB; SVME stays set and hidden from the guest
+            // (which is why EFER reads are intercepted at all).
             (msr::IA32_EFER, false) => {
                 let v = self.vmcb().save.efer & !efer::SVME;
-                self.set_reg(0, v & 0xffff_ffff)?;
-                self.set_reg(2, v >> 32)?;
+                self.vmcb_raw_mut().save.rax = v & 0xffff_ffff;
+                self.regs.rdx = v >> 32;
                 AxVCpuExitReason::Nothing
             }
             (msr::IA32_EFER, true) => {
@@ -409,6 +533,33 @@ impl<H: Hal> SvmVcpu<H> {
         self.advance_rip(insn_len::RDMSR_WRMSR);
         Ok(exit)
     }
+
+    /// The consistency checks before a VMRUN, when the VMCB may have
+    /// changed ([`Self::entry_check_pending`]): `Some(FailEntry)` with
+    /// [`super::VMEXIT_INVALID`] for a state VMRUN would refuse (the failed
+    /// check is kept in [`Self::entry_failure`]), without entering. After a
+    /// real VMEXIT_INVALID the state save area may no longer hold what was
+    /// entered (QEMU TCG overwrites it), so this is the reliable place to
+    /// name the failure.
+    #[cold]
+    #[inline(never)]
+    fn check_before_entry(&mut self) -> axvcpu::Result<Option<AxVCpuExitReason>> {
+        match check_vmcb(self.vmcb()) {
+            Ok(()) => {
+                self.entry_failure = None;
+                self.vmcb_dirty = false;
+                Ok(None)
+            }
+            Err(Error::InvalidVmcb(why)) => {
+                log::error!("SVM vCPU {}: VMCB refused before VMRUN: {why}", self.id);
+                self.entry_failure = Some(why);
+                Ok(Some(AxVCpuExitReason::FailEntry {
+                    hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
@@ -431,7 +582,7 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         self.entry = Some(entry);
         if self.ready {
             // After setup (a restart at a new address): only RIP moves.
-            self.vmcb_mut().save.rip = entry.as_usize() as u64;
+            self.vmcb_raw_mut().save.rip = entry.as_usize() as u64;
         }
         Ok(())
     }
@@ -473,41 +624,37 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         check_vmcb(vmcb)?;
         self.regs = state.regs;
         self.ready = true;
+        self.vmcb_dirty = false;
+        self.entry_failure = None;
+        self.decode_cache.clear();
         Ok(())
     }
 
+    #[inline]
     fn run(&mut self) -> axvcpu::Result<AxVCpuExitReason> {
         if !self.ready {
             return Err(axvcpu::Error::BadState);
         }
         self.prepare_entry();
-        // The VMCB changes between entries (exit handlers, a caller's
-        // set_gpr, injected events): check it again, and report a state
-        // VMRUN would refuse as the processor would (VMEXIT_INVALID), with
-        // the check named by `entry_failure`. After a real VMEXIT_INVALID
-        // the state save area may no longer hold what was entered (QEMU
-        // TCG overwrites it), so this is the only reliable place to name it.
-        self.entry_failure = None;
-        match check_vmcb(self.vmcb()) {
-            Ok(()) => {}
-            Err(Error::InvalidVmcb(why)) => {
-                log::error!("SVM vCPU {}: VMCB refused before VMRUN: {why}", self.id);
-                self.entry_failure = Some(why);
-                return Ok(AxVCpuExitReason::FailEntry {
-                    hardware_entry_failure_reason: super::exit::VMEXIT_INVALID,
-                });
-            }
-            Err(e) => return Err(e.into()),
+        if self.vmcb_dirty
+            && let Some(refused) = self.check_before_entry()?
+        {
+            return Ok(refused);
         }
         #[cfg(target_os = "none")]
         {
             let (vmcb_pa, host_pa) = (self.vmcb.paddr(), self.host_save.paddr());
-            // SAFETY: the VMCB passed `check_vmcb` just above and is only
-            // changed by this crate's handlers; the host save page and the
-            // register block belong to this vCPU; SVM is enabled on this CPU
-            // (the caller's `SvmPerCpu`, per the `axvcpu` contract).
+            // SAFETY: the VMCB passed `check_vmcb` when it last changed in a
+            // way the guest cannot cause (`vmcb_dirty`), and is otherwise
+            // only changed by the processor and this crate's handlers; the
+            // host save page and the register block belong to this vCPU;
+            // SVM is enabled on this CPU (the caller's `SvmPerCpu`, per the
+            // `axvcpu` contract).
             unsafe { super::hw::vmrun(vmcb_pa, &mut self.regs, host_pa, self.guest_xcr0)? };
-            Ok(self.handle_exit(&HwCpuid)?)
+            match self.handle_exit(&HwCpuid) {
+                Ok(exit) => Ok(exit),
+                Err(e) => Err(e.into()),
+            }
         }
         #[cfg(not(target_os = "none"))]
         {
@@ -521,7 +668,8 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
     fn bind(&mut self) -> axvcpu::Result {
         // A VMCB needs no loading; a vCPU moving to another CPU must flush
         // its ASID's stale translations there.
-        self.vmcb_mut().control.tlb_control = self.asid_flush();
+        let flush = self.asid_flush();
+        self.vmcb_raw_mut().control.tlb_control = flush;
         Ok(())
     }
 
@@ -546,17 +694,52 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         Ok(self.pending.push(vector)?)
     }
 
+    #[inline]
     fn set_return_value(&mut self, val: u64) {
-        self.vmcb_mut().save.rax = val;
+        self.vmcb_raw_mut().save.rax = val;
+    }
+
+    #[inline]
+    fn set_io_result(&mut self, width: AccessWidth, value: u64) -> axvcpu::Result {
+        if width == AccessWidth::Qword {
+            return Err(axvcpu::Error::InvalidArgument(
+                "port I/O is 1, 2 or 4 bytes wide",
+            ));
+        }
+        let v = self.vmcb_raw_mut();
+        v.save.rax = axvcpu::regs::load_result(v.save.rax, value, width, width, false)?;
+        Ok(())
+    }
+
+    /// As the default, with an invalid register index refused
+    /// ([`axvcpu::Error::InvalidArgument`]) instead of logged.
+    #[inline]
+    fn set_mmio_read_result(
+        &mut self,
+        reg: usize,
+        width: AccessWidth,
+        reg_width: AccessWidth,
+        signed_ext: bool,
+        value: u64,
+    ) -> axvcpu::Result {
+        let slot = self.gpr_slot(reg).ok_or(axvcpu::Error::InvalidArgument(
+            "invalid general-purpose register index",
+        ))?;
+        *slot = axvcpu::regs::load_result(*slot, value, width, reg_width, signed_ext)?;
+        Ok(())
+    }
+
+    #[inline]
+    fn set_msr_result(&mut self, value: u64) {
+        self.vmcb_raw_mut().save.rax = value & 0xffff_ffff;
+        self.regs.rdx = value >> 32;
     }
 }
 
 impl<H: Hal> X86VcpuExt for SvmVcpu<H> {
     fn guest_code_location(&self) -> GuestCodeLocation {
         let s = &self.vmcb().save;
-        // VMCB attribute -> VMX access rights, for `bitness`.
-        let cs_ar = (u32::from(s.cs.attrib & 0xf00) << 4) | u32::from(s.cs.attrib & 0xff);
-        let bits = bitness(s.efer, cs_ar, s.cr0);
+        let bits = self.code_bitness();
         GuestCodeLocation {
             linear_rip: if bits == 64 {
                 s.rip
@@ -571,11 +754,13 @@ impl<H: Hal> X86VcpuExt for SvmVcpu<H> {
         }
     }
 
+    /// Decodes through the vCPU's [`DecodeCache`]: the same instruction
+    /// bytes (with the same code-segment bitness) are decoded once.
     fn decode_mmio(&mut self, addr: GuestPhysAddr, insn: &[u8]) -> Result<AxVCpuExitReason> {
-        let loc = self.guest_code_location();
-        let i = decode_for(&loc, insn)?;
+        let bits = self.code_bitness();
+        let i = self.decode_cache.decode(insn, bits)?;
         let exit = mmio_exit(addr, &i, |r| self.get_reg(r).unwrap_or(0));
-        let v = self.vmcb_mut();
+        let v = self.vmcb_raw_mut();
         v.save.rip = v.save.rip.wrapping_add(i.len as u64);
         v.control.interrupt_shadow &= !1;
         Ok(exit)

@@ -53,8 +53,10 @@ fn long_mode_vcpu() -> Vcpu {
     )
 }
 
+/// The processor's side of an exit: it writes the exit fields (which does
+/// not ask for a new consistency check), then the vCPU handles the exit.
 fn exit(v: &mut Vcpu, code: u64, info1: u64, info2: u64) -> Result<AxVCpuExitReason> {
-    let c = &mut v.vmcb_mut().control;
+    let c = &mut v.vmcb_raw_mut().control;
     c.exit_code = code;
     c.exit_info_1 = info1;
     c.exit_info_2 = info2;
@@ -126,6 +128,112 @@ fn run_names_a_broken_vmcb_before_vmrun() {
     v.vmcb_mut().save.efer |= 1 << 12;
     assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
     assert_eq!(v.entry_failure(), None);
+}
+
+#[test]
+fn vmcb_is_checked_again_only_when_the_hypervisor_changed_it() {
+    let mut v = long_mode_vcpu();
+    assert!(!v.entry_check_pending(), "setup checked the VMCB");
+    // Exits settled in the vCPU or handed up write only fields VMRUN does
+    // not check (RIP, RAX/RBX/RCX/RDX, the interrupt shadow).
+    exit(&mut v, 0x72, 0, 0).unwrap(); // CPUID
+    v.vmcb_raw_mut().save.rax = 0;
+    v.regs.rcx = u64::from(msr::IA32_EFER);
+    exit(&mut v, 0x7c, 0, 0).unwrap(); // RDMSR EFER
+    exit(&mut v, 0x7b, (0x3ff << 16) | (1 << 4), 0x20_0010).unwrap(); // OUT
+    exit(&mut v, 0x81, 0, 0).unwrap(); // VMMCALL
+    v.set_return_value(0x10000);
+    v.set_gpr(3, 5);
+    v.bind().unwrap();
+    exit(&mut v, 0x400, 1 << 32, 0xfeb0_0000).unwrap(); // NPF
+    v.decode_mmio(GuestPhysAddr::from(0xfeb0_0000usize), &[0x8b, 0x03])
+        .unwrap();
+    assert!(!v.entry_check_pending());
+
+    // Proof that a clean VMCB is not checked: a broken field written behind
+    // the vCPU's back (no real path does this) is not noticed, and the run
+    // goes on to VMRUN (unsupported on the host).
+    v.vmcb_raw_mut().control.guest_asid = 0;
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+    assert_eq!(v.entry_failure(), None);
+
+    // The same write through `vmcb_mut` is seen at the next entry.
+    v.vmcb_mut().control.guest_asid = 0;
+    assert!(v.entry_check_pending());
+    let invalid = Ok(AxVCpuExitReason::FailEntry {
+        hardware_entry_failure_reason: u64::MAX,
+    });
+    assert_eq!(v.run(), invalid);
+    assert_eq!(v.entry_failure(), Some("ASID is zero"));
+    assert!(v.entry_check_pending(), "still broken: checked again");
+    v.vmcb_mut().control.guest_asid = 1;
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+    assert_eq!(v.entry_failure(), None);
+    assert!(
+        !v.entry_check_pending(),
+        "passed: clean until the next change"
+    );
+
+    // An emulated EFER write changes checked state.
+    v.vmcb_raw_mut().save.rax = 0xd01; // SCE | LME | LMA | NXE
+    v.regs.rdx = 0;
+    exit(&mut v, 0x7c, 1, 0).unwrap();
+    assert_eq!(v.vmcb().save.efer, 0x1d01);
+    assert!(v.entry_check_pending());
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+    assert!(!v.entry_check_pending());
+
+    // So does a new nested page table root.
+    v.set_ept_root(HostPhysAddr::from(0x80_0000usize)).unwrap();
+    assert!(v.entry_check_pending());
+    assert!(matches!(v.run(), Err(axvcpu::Error::Unsupported(_))));
+
+    // And a VMRUN the processor refused: the VMCB may hold partial state.
+    assert_eq!(
+        exit(&mut v, u64::MAX, 0, 0),
+        Ok(AxVCpuExitReason::FailEntry {
+            hardware_entry_failure_reason: u64::MAX,
+        })
+    );
+    assert!(v.entry_check_pending());
+}
+
+#[test]
+fn mmio_decodes_are_cached_by_instruction_bytes() {
+    let mut v = long_mode_vcpu();
+    let a = GuestPhysAddr::from(0xfeb0_0000usize);
+    // mov eax, [rbx] twice: decoded once.
+    for _ in 0..2 {
+        exit(&mut v, 0x400, 1 << 32, 0xfeb0_0000).unwrap();
+        assert!(matches!(
+            v.decode_mmio(a, &[0x8b, 0x03, 0x90]),
+            Ok(AxVCpuExitReason::MmioRead { reg: 0, .. })
+        ));
+    }
+    assert_eq!((v.decode_cache().hits(), v.decode_cache().misses()), (1, 1));
+    assert_eq!(v.vmcb().save.rip, 0x20_0004);
+    // The guest rewrote the instruction at the same place: mov [rbx], ecx.
+    v.regs.rcx = 0x1234_5678;
+    assert_eq!(
+        v.decode_mmio(a, &[0x89, 0x0b]),
+        Ok(AxVCpuExitReason::MmioWrite {
+            addr: a,
+            width: AccessWidth::Dword,
+            data: 0x1234_5678
+        })
+    );
+    assert_eq!(v.decode_cache().misses(), 2);
+    // A store's data is read at each exit, not cached with the decode.
+    v.regs.rcx = 0x9abc;
+    assert_eq!(
+        v.decode_mmio(a, &[0x89, 0x0b]),
+        Ok(AxVCpuExitReason::MmioWrite {
+            addr: a,
+            width: AccessWidth::Dword,
+            data: 0x9abc
+        })
+    );
+    assert_eq!(v.decode_cache().hits(), 2);
 }
 
 #[test]
@@ -258,6 +366,50 @@ fn port_io() {
         exit(&mut v, 0x7b, outs, 0),
         Err(Error::Unsupported(_))
     ));
+}
+
+#[test]
+fn completing_reads_writes_the_right_register_the_right_way() {
+    let mut v = long_mode_vcpu();
+    for r in 0..16 {
+        v.set_gpr(r, 0x1111_1111_1111_1100 + r as u64);
+    }
+    // RAX lives in the VMCB: mov al, [m] keeps RAX[63:8].
+    v.set_mmio_read_result(0, AccessWidth::Byte, AccessWidth::Byte, false, 0x1ab)
+        .unwrap();
+    assert_eq!(v.vmcb().save.rax, 0x1111_1111_1111_11ab);
+    // RSP too: a 32-bit load zero-extends.
+    v.set_mmio_read_result(
+        4,
+        AccessWidth::Dword,
+        AccessWidth::Dword,
+        false,
+        0x8000_0000,
+    )
+    .unwrap();
+    assert_eq!(v.vmcb().save.rsp, 0x8000_0000);
+    // R9 in the register block: movsx r9, word [m].
+    v.set_mmio_read_result(9, AccessWidth::Word, AccessWidth::Qword, true, 0xbeef)
+        .unwrap();
+    assert_eq!(v.regs.r9, 0xffff_ffff_ffff_beef);
+    // The others are untouched.
+    assert_eq!(v.regs.r8, 0x1111_1111_1111_1108);
+    assert_eq!(v.regs.r10, 0x1111_1111_1111_110a);
+    // No register 16, no load wider than its destination.
+    assert!(
+        v.set_mmio_read_result(16, AccessWidth::Byte, AccessWidth::Byte, false, 0)
+            .is_err()
+    );
+    assert!(
+        v.set_mmio_read_result(1, AccessWidth::Qword, AccessWidth::Dword, false, 0)
+            .is_err()
+    );
+    assert_eq!(v.regs.rcx, 0x1111_1111_1111_1101);
+    // RDMSR completion: EDX:EAX, upper halves cleared.
+    v.set_msr_result(0x1234_5678_9abc_def0);
+    assert_eq!((v.gpr(0), v.gpr(2)), (0x9abc_def0, 0x1234_5678));
+    assert!(v.set_io_result(AccessWidth::Qword, 0).is_err());
+    assert!(!v.entry_check_pending());
 }
 
 #[test]
