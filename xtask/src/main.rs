@@ -3,6 +3,8 @@
 //! Run `cargo xtask help` for the commands.
 
 mod bench;
+mod bochs;
+mod linux;
 mod prereq;
 mod qemu;
 mod tasks;
@@ -16,6 +18,10 @@ usage: cargo xtask <command> [options]
 commands:
   build                 build hv-app (x86_64-unknown-none ELF) and the host tools
   run [options]         boot hv-app in QEMU (AMD SVM under TCG) and stream its console
+      --mode MODE       type1 (default for now: hv-app boots directly) or type15
+                        (the Debian kernel boots a busybox initramfs that loads
+                        the axhv module and runs hvctl; takes --guest, --smp,
+                        --mem, --timeout; --check: its `xtask test` scenario)
       --guest NAME      run a test guest from guests/ in a VM (repeatable:
                         one VM per --guest, run one after the other)
       --config VM.toml  run your own multiboot kernel under this VM config...
@@ -32,6 +38,10 @@ commands:
                         per round trip); writes target/bench/bench.{md,json}
       --nimbos PATH     also NimbOS's boot to its shell prompt, both ways
       --smoke           only check that the guest prints its table under hv-app
+  bochs [options]       boot hv-app in Bochs (Intel VMX with EPT) from a GRUB ISO
+      --guest NAME      run a test guest in a VM (repeatable)
+      --log LEVEL       hypervisor log level
+      --timeout SECS    stop Bochs after this many seconds (default 120)
   prereq                check the prerequisites (installs missing Debian packages
                         when run as root on Debian/Ubuntu, else prints the command)
   help                  this text
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
         "run" => tasks::run(rest),
         "test" => tasks::test(rest),
         "bench" => bench::bench(rest),
+        "bochs" => bochs::command(rest),
         "prereq" => prereq::check(&prereq::ALL_PACKAGES).map(|_| 0),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -6,7 +6,7 @@ use std::process::Command;
 /// A program a task needs, and the Debian package that provides it.
 #[derive(Debug, Clone, Copy)]
 pub struct Prereq {
-    /// Program looked up on `PATH`.
+    /// Program looked up on `PATH`, or an absolute path that must exist.
     pub program: &'static str,
     /// Debian package providing it.
     pub package: &'static str,
@@ -18,11 +18,54 @@ pub const QEMU: Prereq = Prereq {
     package: "qemu-system-x86",
 };
 
-/// Everything any task may need.
-pub const ALL_PACKAGES: [Prereq; 1] = [QEMU];
+/// The Debian kernel Type-1.5 boots (checked through its package's doc
+/// directory: the image's file name carries the version).
+pub const KERNEL: Prereq = Prereq {
+    program: "/usr/share/doc/linux-image-amd64",
+    package: "linux-image-amd64",
+};
 
-/// Whether `program` is on `PATH`.
+/// Headers of that kernel, for building the axhv module.
+pub const KERNEL_HEADERS: Prereq = Prereq {
+    program: "/usr/share/doc/linux-headers-amd64",
+    package: "linux-headers-amd64",
+};
+
+/// busybox, the initramfs's user space (static: the initramfs has no libc).
+pub const BUSYBOX: Prereq = Prereq {
+    program: "/bin/busybox",
+    package: "busybox-static",
+};
+
+/// cpio, to pack the initramfs.
+pub const CPIO: Prereq = Prereq {
+    program: "cpio",
+    package: "cpio",
+};
+
+/// The C compiler of the kernel module.
+pub const GCC: Prereq = Prereq {
+    program: "gcc",
+    package: "gcc",
+};
+
+/// make, for the kernel's module build.
+pub const MAKE: Prereq = Prereq {
+    program: "make",
+    package: "make",
+};
+
+/// What the Type-1.5 boot needs (`cargo xtask run --mode type15`).
+pub const LINUX: [Prereq; 7] = [QEMU, KERNEL, KERNEL_HEADERS, BUSYBOX, CPIO, GCC, MAKE];
+
+/// Everything any task may need.
+pub const ALL_PACKAGES: [Prereq; 7] = LINUX;
+
+/// Whether `program` is on `PATH` (or exists, for an absolute path).
 pub fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).exists();
+    }
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)

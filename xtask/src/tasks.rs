@@ -275,7 +275,11 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
 
 /// `cargo xtask run`.
 pub fn run(args: &[String]) -> Result<u8, String> {
-    let opts = parse_run(args)?;
+    let (mode, args) = crate::linux::split_mode(args)?;
+    if mode == crate::linux::Mode::Type15 {
+        return crate::linux::run(&args);
+    }
+    let opts = parse_run(&args)?;
     let out = boot(&opts)?;
     if out.timed_out {
         return Err(format!(
@@ -363,6 +367,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
 
         boot_smoke(&elf)?;
         guest_scenarios()?;
+        crate::linux::test_scenario()?;
         crate::bench::smoke()?;
     }
 
