@@ -44,15 +44,28 @@ const VGA_BIOS: &str = "/usr/share/vgabios/vgabios.bin";
 /// `grub-mkrescue` needs to make a CD that boots on Bochs's BIOS.
 const GRUB_I386_PC: &str = "/usr/lib/grub/i386-pc";
 
-/// The programs a Bochs run needs.
-pub const PREREQS: [Prereq; 4] = [
+/// The programs and data files a Bochs run needs (a program on `PATH`, or
+/// an absolute path that must exist), with their Debian packages.
+pub const PREREQS: [Prereq; 7] = [
     Prereq {
         program: "bochs-bin",
         package: "bochs",
     },
     Prereq {
+        program: BIOS,
+        package: "bochsbios",
+    },
+    Prereq {
+        program: VGA_BIOS,
+        package: "vgabios",
+    },
+    Prereq {
         program: "grub-mkrescue",
         package: "grub-common",
+    },
+    Prereq {
+        program: GRUB_I386_PC,
+        package: "grub-pc-bin",
     },
     Prereq {
         program: "xorriso",
@@ -64,22 +77,10 @@ pub const PREREQS: [Prereq; 4] = [
     },
 ];
 
-/// Checks the programs and data files a Bochs run needs (installing the
-/// missing programs' packages as [`prereq::check`] does).
+/// Checks what a Bochs run needs, installing missing packages as
+/// [`prereq::check`] does (as root on Debian/Ubuntu) or naming the command.
 pub fn check_prereqs() -> Result<(), String> {
-    prereq::check(&PREREQS)?;
-    for (path, package) in [
-        (BIOS, "bochsbios"),
-        (VGA_BIOS, "vgabios"),
-        (GRUB_I386_PC, "grub-pc-bin"),
-    ] {
-        if !Path::new(path).exists() {
-            return Err(format!(
-                "{path} is missing; install it with: apt-get install -y {package}"
-            ));
-        }
-    }
-    Ok(())
+    prereq::check(&PREREQS)
 }
 
 /// Splits QEMU's `-initrd` argument (`path string,path string,...`, as

@@ -22,6 +22,8 @@ commands:
                         (the Debian kernel boots a busybox initramfs that loads
                         the axhv module and runs hvctl; takes --guest, --smp,
                         --mem, --timeout; --check: its `xtask test` scenario)
+      --vendor V        amd (default: QEMU TCG with SVM+NPT) or intel (Bochs
+                        with VMX+EPT, booting a GRUB ISO)
       --guest NAME      run a test guest from guests/ in a VM (repeatable:
                         one VM per --guest, run one after the other)
       --config VM.toml  run your own multiboot kernel under this VM config...
@@ -60,7 +62,9 @@ fn main() -> ExitCode {
         "test" => tasks::test(rest),
         "bench" => bench::bench(rest),
         "bochs" => bochs::command(rest),
-        "prereq" => prereq::check(&prereq::ALL_PACKAGES).map(|_| 0),
+        "prereq" => prereq::check(&prereq::ALL_PACKAGES)
+            .and_then(|()| bochs::check_prereqs())
+            .map(|_| 0),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(0)

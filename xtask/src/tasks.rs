@@ -139,9 +139,28 @@ pub fn build(args: &[String]) -> Result<u8, String> {
     Ok(0)
 }
 
+/// Which virtualization the emulated machine offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vendor {
+    /// AMD SVM with nested paging: QEMU TCG.
+    Amd,
+    /// Intel VMX with EPT: Bochs booting a GRUB ISO.
+    Intel,
+}
+
+impl Vendor {
+    fn emulator(self) -> &'static str {
+        match self {
+            Vendor::Amd => "QEMU/SVM",
+            Vendor::Intel => "Bochs/VMX",
+        }
+    }
+}
+
 /// Options of `cargo xtask run`.
 #[derive(Debug)]
 struct RunOpts {
+    vendor: Vendor,
     guests: Vec<String>,
     config: Option<PathBuf>,
     image: Option<PathBuf>,
@@ -151,6 +170,7 @@ struct RunOpts {
 
 fn parse_run(args: &[String]) -> Result<RunOpts, String> {
     let mut o = RunOpts {
+        vendor: Vendor::Amd,
         guests: Vec::new(),
         config: None,
         image: None,
@@ -171,6 +191,14 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
         };
         match a.as_str() {
             "--guest" => o.guests.push(val("--guest")?),
+            "--vendor" => {
+                let v = val("--vendor")?;
+                o.vendor = match v.as_str() {
+                    "amd" => Vendor::Amd,
+                    "intel" => Vendor::Intel,
+                    _ => return Err(format!("--vendor: `{v}` is not `amd` or `intel`")),
+                };
+            }
             "--config" => o.config = Some(PathBuf::from(val("--config")?)),
             "--image" => o.image = Some(PathBuf::from(val("--image")?)),
             "--log" => {
@@ -236,7 +264,10 @@ fn test_guest_config() -> PathBuf {
 /// Builds hv-app (and the guests it needs), boots QEMU with the VMs of
 /// `opts` as multiboot modules and returns the outcome.
 fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
-    prereq::check(&[prereq::QEMU])?;
+    match opts.vendor {
+        Vendor::Amd => prereq::check(&[prereq::QEMU])?,
+        Vendor::Intel => crate::bochs::check_prereqs()?,
+    }
     let elf = build_hv_app()?;
     let mut specs = Vec::new();
     if !opts.guests.is_empty() {
@@ -256,16 +287,43 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
             name: None,
         });
     }
-    let mut qargs = qemu::type1_args(&elf, &opts.qemu);
-    if !specs.is_empty() {
+    let initrd = if specs.is_empty() {
+        None
+    } else {
         let dir = hv_app_elf()
             .parent()
             .expect("ELF has a directory")
             .join("xtask-vms");
-        qargs.extend(["-initrd".into(), vms::prepare_modules(&specs, &dir)?]);
+        Some(vms::prepare_modules(&specs, &dir)?)
+    };
+    let cmdline = opts.log.as_ref().map(|level| format!("log={level}"));
+    if opts.vendor == Vendor::Intel {
+        if opts.qemu.smp != 1 || opts.qemu.mem != "512M" {
+            eprintln!(
+                "xtask: note: --smp and --mem apply to QEMU; the Bochs machine has 1 CPU and 256 MiB"
+            );
+        }
+        let modules = initrd
+            .as_deref()
+            .map(crate::bochs::modules_from_initrd)
+            .unwrap_or_default();
+        if opts.qemu.stream {
+            println!("==> Bochs (Intel VMX, corei7_skylake_x) booting a GRUB ISO");
+        }
+        return crate::bochs::run_bochs_with(
+            &elf,
+            &modules,
+            cmdline.as_deref(),
+            opts.qemu.timeout,
+            opts.qemu.stream,
+        );
     }
-    if let Some(level) = &opts.log {
-        qargs.extend(["-append".into(), format!("log={level}")]);
+    let mut qargs = qemu::type1_args(&elf, &opts.qemu);
+    if let Some(initrd) = initrd {
+        qargs.extend(["-initrd".into(), initrd]);
+    }
+    if let Some(c) = cmdline {
+        qargs.extend(["-append".into(), c]);
     }
     if opts.qemu.stream {
         println!("==> qemu-system-x86_64 {}", qargs.join(" "));
@@ -471,7 +529,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "hello",
         guests: &["hello"],
         expect: &[
-            "virtualization: AMD SVM",
+            "virtualization: ",
             "[vm1] hello: Hello from axhv guest!",
             "[vm1] hello: ok",
             "VM 1 (hello) exited with status 0",
@@ -552,10 +610,23 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// Runs every guest scenario under hv-app in QEMU and checks the console.
+/// Runs every guest scenario under hv-app on both vendors (QEMU/SVM, then
+/// Bochs/VMX, whose machine has one CPU) and checks the console.
 fn guest_scenarios() -> Result<(), String> {
-    for sc in SCENARIOS {
-        println!("\n==> end-to-end (QEMU/SVM): {}", sc.name);
+    for vendor in [Vendor::Amd, Vendor::Intel] {
+        for sc in SCENARIOS {
+            if vendor == Vendor::Intel && sc.smp > 1 {
+                continue;
+            }
+            guest_scenario(vendor, sc)?;
+        }
+    }
+    Ok(())
+}
+
+fn guest_scenario(vendor: Vendor, sc: &Scenario) -> Result<(), String> {
+    {
+        println!("\n==> end-to-end ({}): {}", vendor.emulator(), sc.name);
         let t = Instant::now();
         let mut args = Vec::new();
         for g in sc.guests {
@@ -564,14 +635,26 @@ fn guest_scenarios() -> Result<(), String> {
         let mut opts = parse_run(&args)?;
         opts.qemu.stream = false;
         opts.qemu.smp = sc.smp;
+        opts.vendor = vendor;
+        if vendor == Vendor::Intel {
+            opts.qemu.timeout = Duration::from_secs(180);
+        }
         opts.qemu.mem = "256M".into();
         let out = boot(&opts)?;
         out.expect_in_order(sc.expect)
-            .map_err(|e| format!("scenario `{}`: {e}", sc.name))?;
+            .map_err(|e| format!("scenario `{}` on {}: {e}", sc.name, vendor.emulator()))?;
+        if vendor == Vendor::Intel {
+            out.expect_in_order(&["virtualization: Intel VMX"])
+                .map_err(|e| format!("scenario `{}` on Bochs/VMX: {e}", sc.name))?;
+        } else {
+            out.expect_in_order(&["virtualization: AMD SVM"])
+                .map_err(|e| format!("scenario `{}` on QEMU/SVM: {e}", sc.name))?;
+        }
         if out.debug_exit_value() != Some(sc.exit) {
             return Err(format!(
-                "scenario `{}`: hypervisor exit value {:?}, expected {} (QEMU status {:?})",
+                "scenario `{}` on {}: hypervisor exit value {:?}, expected {} (status {:?})",
                 sc.name,
+                vendor.emulator(),
                 out.debug_exit_value(),
                 sc.exit,
                 out.status
