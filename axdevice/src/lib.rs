@@ -7,6 +7,9 @@ extern crate alloc;
 mod console;
 mod device;
 mod error;
+mod hpet;
+mod ioapic;
+mod pic;
 mod power;
 mod ram;
 mod set;
@@ -21,6 +24,12 @@ pub use device::{
     VCpuDevice, VCpuId,
 };
 pub use error::{DeviceKind, Error, Result, Span};
+pub use hpet::{
+    Clock, HPET_COUNT_SIZE_CAP, HPET_ENABLE_CNF, HPET_LEG_RT_CAP, HPET_LEG_RT_CNF,
+    HPET_TN_PER_INT_CAP, HPET_TN_SIZE_CAP, Hpet,
+};
+pub use ioapic::{IOAPIC_RTE_MASKED, IoApic};
+pub use pic::{PIC_MASTER_PORT, PIC_SLAVE_PORT, Pic8259, PicPorts};
 pub use power::{DebugExit, PowerOff};
 pub use ram::RamDevice;
 pub use set::{DeviceSet, VCpuDeviceSet};

@@ -6,7 +6,10 @@ use alloc::{boxed::Box, format, string::String, sync::Arc, vec::Vec};
 use axaddrspace::{
     AxMmHal, DynAddrSpace, GuestPhysAddr, GuestPhysAddrRange, MappingFlags, NestedPagingKind,
 };
-use axdevice::{DebugExit, DeviceSet, PowerOff, RamDevice, UART_PORTS, Uart16550, UartBackend};
+use axdevice::{
+    Clock, DebugExit, DeviceSet, Hpet, IoApic, PIC_MASTER_PORT, Pic8259, PowerOff, RamDevice,
+    UART_PORTS, Uart16550, UartBackend,
+};
 use axvmconfig::{BootProtocol as ConfigBoot, DeviceBase, DeviceKind, MapKind, MemFlags, VmConfig};
 use x86_vcpu::{BootProtocol, GuestState};
 
@@ -44,6 +47,7 @@ pub(crate) struct Devices {
     pub uart: Option<Arc<Uart16550>>,
     pub debug_exits: Vec<Arc<DebugExit>>,
     pub power_offs: Vec<Arc<PowerOff>>,
+    pub pic: Option<Arc<Pic8259>>,
 }
 
 /// The nested-paging rights of a configured region.
@@ -249,8 +253,12 @@ fn load_multiboot<M: GuestMemory + ?Sized>(
 
 /// The emulated devices of `config`. A kind this crate does not emulate yet
 /// is [`Error::DeviceNotEmulated`]; passed-through devices are
-/// [`Error::Unsupported`].
-pub(crate) fn devices(config: &VmConfig, console: &Arc<dyn UartBackend>) -> Result<Devices> {
+/// [`Error::Unsupported`]. An `hpet` needs `clock`.
+pub(crate) fn devices(
+    config: &VmConfig,
+    console: &Arc<dyn UartBackend>,
+    clock: Option<&Arc<dyn Clock>>,
+) -> Result<Devices> {
     if !config.devices.passthrough.is_empty() {
         return Err(Error::Unsupported(
             "devices.passthrough: passing host devices through is not implemented yet",
@@ -261,6 +269,7 @@ pub(crate) fn devices(config: &VmConfig, console: &Arc<dyn UartBackend>) -> Resu
         uart: None,
         debug_exits: Vec::new(),
         power_offs: Vec::new(),
+        pic: None,
     };
     for (index, d) in config.devices.emulated.iter().enumerate() {
         let field = |f: &str| format!("devices.emulated[{index}].{f}");
@@ -314,15 +323,93 @@ pub(crate) fn devices(config: &VmConfig, console: &Arc<dyn UartBackend>) -> Resu
                 let dev = RamDevice::new(gpa(base), d.size as usize)?;
                 out.set.add_mmio(Arc::new(dev))?;
             }
+            (DeviceKind::Hpet, DeviceBase::Mmio(base)) => {
+                let Some(clock) = clock else {
+                    return Err(Error::config(
+                        field("kind"),
+                        "an hpet needs a time source: build the VM with Vm::new_with_clock",
+                    ));
+                };
+                if (d.size as usize) < Hpet::SIZE {
+                    return Err(Error::config(
+                        field("size"),
+                        format!("an hpet needs at least {:#x} bytes", Hpet::SIZE),
+                    ));
+                }
+                out.set
+                    .add_mmio(Arc::new(Hpet::new(gpa(base), clock.clone())))?;
+            }
+            (DeviceKind::IoApic, DeviceBase::Mmio(base)) => {
+                // The first I/O APIC gets ID 0; the local APICs are 0..vCPUs,
+                // but the two ID spaces are separate on the APIC bus model
+                // the guests see (they never program it).
+                let dev = IoApic::new(gpa(base), 0);
+                out.set.add_mmio(Arc::new(dev))?;
+            }
+            (DeviceKind::Pic8259, DeviceBase::Port(port)) => {
+                if port != PIC_MASTER_PORT || out.pic.is_some() {
+                    return Err(Error::config(
+                        field("port"),
+                        "the pic8259 pair sits at port 0x20 (master) and 0xa0 (slave), once",
+                    ));
+                }
+                size_must_be(2)?;
+                let pic = Arc::new(Pic8259::new());
+                for dev in pic.port_devices() {
+                    out.set.add_port(dev)?;
+                }
+                out.pic = Some(pic);
+            }
             (
-                DeviceKind::Uart16550 | DeviceKind::DebugExit | DeviceKind::PowerOff,
+                DeviceKind::Uart16550
+                | DeviceKind::DebugExit
+                | DeviceKind::PowerOff
+                | DeviceKind::Pic8259,
                 DeviceBase::Mmio(_),
             )
-            | (DeviceKind::TestMmio, DeviceBase::Port(_)) => return Err(wrong_space()),
+            | (DeviceKind::TestMmio | DeviceKind::Hpet | DeviceKind::IoApic, DeviceBase::Port(_)) =>
+            {
+                return Err(wrong_space());
+            }
+            // Per vCPU: built by `lapics`.
+            (DeviceKind::Lapic, _) => {}
             (kind, _) => return Err(Error::DeviceNotEmulated { index, kind }),
         }
     }
     Ok(out)
+}
+
+/// One virtual local APIC per vCPU if `config` has a `lapic` device (at
+/// the architectural base 0xFEE0_0000; vCPU 0 is the BSP), none otherwise.
+/// The APIC timer needs a clock.
+pub(crate) fn lapics(config: &VmConfig, has_clock: bool) -> Result<Vec<x86_vlapic::VLocalApic>> {
+    let Some(index) = config
+        .devices
+        .emulated
+        .iter()
+        .position(|d| d.kind == DeviceKind::Lapic)
+    else {
+        return Ok(Vec::new());
+    };
+    let field = format!("devices.emulated[{index}]");
+    if config.devices.emulated[index].base != DeviceBase::Mmio(0xfee0_0000) {
+        return Err(Error::config(
+            format!("{field}.mmio"),
+            "the local APIC sits at 0xfee00000 (its reset base)",
+        ));
+    }
+    if !has_clock {
+        return Err(Error::config(
+            format!("{field}.kind"),
+            "a lapic needs a time source: build the VM with Vm::new_with_clock",
+        ));
+    }
+    (0..config.vcpus.count)
+        .map(|id| {
+            let cfg = x86_vlapic::VLocalApicConfig::new(id as u32, id == 0);
+            Ok(x86_vlapic::VLocalApic::new(cfg)?)
+        })
+        .collect()
 }
 
 /// A one-line description of the devices, for the log.

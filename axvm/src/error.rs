@@ -27,6 +27,9 @@ pub enum Error {
     /// be built).
     #[error("device: {0}")]
     Device(#[from] axdevice::Error),
+    /// A virtual local APIC could not be created.
+    #[error("local APIC: {0}")]
+    Lapic(#[from] x86_vlapic::Error),
     /// A vCPU operation failed (the architecture backend, or an operation
     /// the vCPU state machine refuses).
     #[error("vCPU: {0}")]

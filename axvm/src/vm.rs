@@ -7,10 +7,11 @@ use axaddrspace::{
     AccessWidth, AxMmHal, DynAddrSpace, GuestPhysAddr, MappingFlags, NestedPagingKind,
     TranslationCache, WalkCache,
 };
-use axdevice::{DeviceSet, PortDevice, PortRange, Uart16550, UartBackend};
+use axdevice::{Clock, DeviceSet, PortDevice, PortRange, Uart16550, UartBackend};
 use axvcpu::{AxArchVCpu, AxVCpu, AxVCpuExitReason, VCpuState};
 use axvmconfig::VmConfig;
 use x86_vcpu::{X86VcpuExt, X86VcpuSetupConfig};
+use x86_vlapic::{ApicEvent, ApicTime, DeliveryMode, IpiRequest, TimerDeadline, VLocalApic};
 
 use crate::build::{self, BootSetup};
 use crate::memory::fetch_code_cached;
@@ -51,6 +52,13 @@ where
     uart: Option<Arc<Uart16550>>,
     debug_exits: Vec<Arc<axdevice::DebugExit>>,
     power_offs: Vec<Arc<axdevice::PowerOff>>,
+    /// The 8259 pair, if configured.
+    pic: Option<Arc<axdevice::Pic8259>>,
+    /// The time source of the timer devices, if one was given.
+    clock: Option<Arc<dyn Clock>>,
+    /// One virtual local APIC per vCPU when the configuration has a
+    /// `lapic` device (empty otherwise).
+    lapics: Vec<VLocalApic>,
     /// The ports of `debug_exits` and `power_offs`: only a write there can
     /// end the VM.
     power_ports: Vec<PortRange>,
@@ -81,8 +89,9 @@ where
     ///    Multiboot kernel gets its information structure at a free spot of
     ///    low RAM (GPA `0x9000` when free).
     /// 4. Creates the devices: `uart16550` (output to `console`),
-    ///    `debug_exit`, `power_off`, `test_mmio`. Any other kind is
-    ///    [`Error::DeviceNotEmulated`].
+    ///    `debug_exit`, `power_off`, `test_mmio`, `pic8259`; `hpet` needs a
+    ///    clock ([`new_with_clock`](Self::new_with_clock)). Any other kind
+    ///    is [`Error::DeviceNotEmulated`].
     /// 5. Creates the vCPUs (`create_config(id)` gives each one's creation
     ///    parameters; `vcpus.phys_cpu_affinity` gives its favoured CPU and
     ///    affinity) and sets each up with the entry, the nested page table
@@ -93,13 +102,26 @@ where
         config: &VmConfig,
         image: &[u8],
         nested: NestedPagingKind,
+        create_config: impl FnMut(usize) -> V::CreateConfig,
+        console: Arc<dyn UartBackend>,
+    ) -> Result<Self> {
+        Self::new_with_clock(config, image, nested, create_config, console, None)
+    }
+
+    /// [`new`](Self::new) with a time source for the timer devices (the
+    /// HPET's main counter follows `clock`).
+    pub fn new_with_clock(
+        config: &VmConfig,
+        image: &[u8],
+        nested: NestedPagingKind,
         mut create_config: impl FnMut(usize) -> V::CreateConfig,
         console: Arc<dyn UartBackend>,
+        clock: Option<Arc<dyn Clock>>,
     ) -> Result<Self> {
         config.validate()?;
         let mut aspace = build::address_space::<H>(config, nested)?;
         let boot = build::load_image(config, image, &mut aspace)?;
-        let devs = build::devices(config, &console)?;
+        let devs = build::devices(config, &console, clock.as_ref())?;
         let root = aspace.page_table_root();
         let mut vcpus = Vec::with_capacity(config.vcpus.count);
         for id in 0..config.vcpus.count {
@@ -134,6 +156,7 @@ where
             boot.entry.as_usize(),
             build::describe(&devs.set),
         );
+        let lapics = build::lapics(config, clock.is_some())?;
         let power_ports = devs
             .debug_exits
             .iter()
@@ -150,6 +173,9 @@ where
             uart: devs.uart,
             debug_exits: devs.debug_exits,
             power_offs: devs.power_offs,
+            pic: devs.pic,
+            lapics,
+            clock,
             power_ports,
             console,
             vcpus,
@@ -213,6 +239,16 @@ where
     /// The emulated devices.
     pub fn devices(&self) -> &DeviceSet {
         &self.devices
+    }
+
+    /// The 8259 interrupt controller pair, if the configuration has one.
+    pub fn pic(&self) -> Option<&Arc<axdevice::Pic8259>> {
+        self.pic.as_ref()
+    }
+
+    /// The time source given to [`new_with_clock`](Self::new_with_clock).
+    pub fn clock(&self) -> Option<&Arc<dyn Clock>> {
+        self.clock.as_ref()
     }
 
     /// The first 16550 UART, to feed it input
@@ -347,6 +383,9 @@ where
         }
         use AxVCpuExitReason as E;
         loop {
+            if !self.lapics.is_empty() {
+                self.lapic_before_entry(id)?;
+            }
             // The exit is matched where it lies (no copies of the whole
             // enum); the frequent ones are settled right here.
             let result = self.vcpus[id].run();
@@ -410,12 +449,20 @@ where
                 }
             }
             E::MsrRead { msr } => {
-                let value = self.msr_read(msr);
+                let value = if self.lapic_msr(msr) {
+                    self.lapic_msr_read(id, msr)
+                } else {
+                    self.msr_read(msr)
+                };
                 self.vcpus[id].set_msr_result(value)?;
                 None
             }
             E::MsrWrite { msr, value } => {
-                self.msr_write(msr, value);
+                if self.lapic_msr(msr) {
+                    self.lapic_msr_write(id, msr, value);
+                } else {
+                    self.msr_write(msr, value);
+                }
                 None
             }
             E::MmioRead { .. } | E::MmioWrite { .. } => self.complete_mmio(id, &exit, None)?,
@@ -423,7 +470,13 @@ where
                 self.nested_page_fault(id, addr, access_flags)?
             }
             E::Hypercall { nr, args } => Some(VmExit::Hypercall { nr, args }),
-            E::Halt => Some(VmExit::Halt),
+            E::Halt => {
+                if self.lapics.is_empty() || !self.lapic_wait(id) {
+                    Some(VmExit::Halt)
+                } else {
+                    None
+                }
+            }
             E::ExternalInterrupt { vector } => Some(VmExit::ExternalInterrupt { vector }),
             E::InterruptWindow | E::Nothing => None,
             E::CpuUp {
@@ -573,6 +626,9 @@ where
         {
             return self.emulate_mmio(id, gpa, dev);
         }
+        if !access.contains(MappingFlags::EXECUTE) && self.lapic_page(id, gpa) {
+            return self.emulate_mmio(id, gpa, usize::MAX);
+        }
         self.ram_page_fault(id, gpa, access)
     }
 
@@ -643,6 +699,11 @@ where
         dev: Option<usize>,
     ) -> Result<Option<VmExit>> {
         let hint = dev.unwrap_or(usize::MAX);
+        if hint == usize::MAX && !self.lapics.is_empty() {
+            if let Some(done) = self.lapic_mmio(id, exit)? {
+                return Ok(done);
+            }
+        }
         match *exit {
             AxVCpuExitReason::MmioRead {
                 addr,
@@ -667,6 +728,176 @@ where
                 Ok(None)
             }
             ref other => Ok(Some(self.not_mmio(id, other))),
+        }
+    }
+
+    /// The time the local APICs see now.
+    fn apic_now(&self) -> ApicTime {
+        match &self.clock {
+            Some(c) => ApicTime {
+                ns: c.now_ns(),
+                tsc: c.tsc(),
+            },
+            None => ApicTime { ns: 0, tsc: 0 },
+        }
+    }
+
+    /// The local APIC of vCPU `id` (the VM has them all or none).
+    fn lapic_mut(&mut self, id: usize) -> Option<&mut VLocalApic> {
+        self.lapics.get_mut(id)
+    }
+
+    /// Before entering vCPU `id`: fires its APIC timer if due, and hands
+    /// the highest deliverable interrupt to the vCPU, which injects it when
+    /// the guest can take it (interrupts on, no interrupt shadow) and asks
+    /// for an interrupt-window exit otherwise.
+    fn lapic_before_entry(&mut self, id: usize) -> Result {
+        let now = self.apic_now();
+        let Some(apic) = self.lapics.get_mut(id) else {
+            return Ok(());
+        };
+        apic.poll_timer(now);
+        if let Some(vector) = apic.highest_pending()
+            && apic.ack(vector)
+        {
+            self.vcpus[id].inject_interrupt(vector)?;
+        }
+        Ok(())
+    }
+
+    /// vCPU `id` halted: waits for its APIC timer if one is armed and says
+    /// whether the vCPU should run on (`false`: nothing can wake it).
+    fn lapic_wait(&mut self, id: usize) -> bool {
+        let Some(apic) = self.lapics.get(id) else {
+            return false;
+        };
+        if apic.highest_pending().is_some() {
+            return true;
+        }
+        let Some(deadline) = apic.next_deadline() else {
+            return false;
+        };
+        let Some(clock) = self.clock.as_ref() else {
+            return false;
+        };
+        match deadline {
+            TimerDeadline::Ns(t) => {
+                while clock.now_ns() < t {
+                    core::hint::spin_loop();
+                }
+            }
+            TimerDeadline::Tsc(t) => {
+                while clock.tsc() < t {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `gpa` lies in the xAPIC page of vCPU `id`'s local APIC.
+    fn lapic_page(&self, id: usize, gpa: GuestPhysAddr) -> bool {
+        self.lapics.get(id).is_some_and(|a| {
+            a.mode() == x86_vlapic::ApicMode::XApic
+                && gpa.as_usize() & !0xfff == a.apic_base().base_address() as usize
+        })
+    }
+
+    /// Completes an MMIO exit on the xAPIC page, or `None` if `exit` is
+    /// not one.
+    fn lapic_mmio(&mut self, id: usize, exit: &AxVCpuExitReason) -> Result<Option<Option<VmExit>>> {
+        let now = self.apic_now();
+        match *exit {
+            AxVCpuExitReason::MmioRead {
+                addr,
+                width,
+                reg,
+                reg_width,
+                signed_ext,
+            } if self.lapic_page(id, addr) => {
+                self.stats.mmio_reads += 1;
+                let off = (addr.as_usize() & 0xfff) as u32;
+                let value = match self.lapic_mut(id).map(|a| a.read_xapic(off, width, now)) {
+                    Some(Ok(v)) => u64::from(v),
+                    Some(Err(e)) => {
+                        log::debug!("VM {}: xAPIC read {off:#x}: {e}; 0", self.id);
+                        0
+                    }
+                    None => 0,
+                };
+                self.vcpus[id].set_mmio_read_result(reg, width, reg_width, signed_ext, value)?;
+                Ok(Some(None))
+            }
+            AxVCpuExitReason::MmioWrite { addr, width, data } if self.lapic_page(id, addr) => {
+                self.stats.mmio_writes += 1;
+                let off = (addr.as_usize() & 0xfff) as u32;
+                let vm = self.id;
+                match self
+                    .lapic_mut(id)
+                    .map(|a| a.write_xapic(off, width, data as u32, now))
+                {
+                    Some(Ok(Some(ApicEvent::Ipi(req)))) => self.deliver_ipi(id, &req),
+                    Some(Err(e)) => {
+                        log::debug!("VM {vm}: xAPIC write {data:#x} to {off:#x}: {e}; ignored");
+                    }
+                    _ => {}
+                }
+                Ok(Some(None))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `msr` belongs to the local APICs (`IA32_APIC_BASE`, the
+    /// TSC deadline, the x2APIC range).
+    fn lapic_msr(&self, msr: u32) -> bool {
+        !self.lapics.is_empty() && VLocalApic::handles_msr(msr)
+    }
+
+    fn lapic_msr_read(&mut self, id: usize, msr: u32) -> u64 {
+        let now = self.apic_now();
+        let vm = self.id;
+        match self.lapic_mut(id).map(|a| a.read_msr(msr, now)) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                // Not done: #GP(0) into the guest, as hardware does.
+                log::warn!("VM {vm}: rdmsr {msr:#x} (local APIC): {e}; 0");
+                0
+            }
+            None => 0,
+        }
+    }
+
+    fn lapic_msr_write(&mut self, id: usize, msr: u32, value: u64) {
+        let now = self.apic_now();
+        let vm = self.id;
+        match self.lapic_mut(id).map(|a| a.write_msr(msr, value, now)) {
+            Some(Ok(Some(ApicEvent::Ipi(req)))) => self.deliver_ipi(id, &req),
+            Some(Err(e)) => {
+                // Not done: #GP(0) into the guest, as hardware does.
+                log::warn!("VM {vm}: wrmsr {value:#x} to {msr:#x} (local APIC): {e}; ignored");
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers an IPI vCPU `from` sent: a fixed interrupt is accepted by
+    /// every destination local APIC (taken when that vCPU next enters).
+    /// Not done: lowest priority, NMI, INIT and STARTUP (logged, dropped).
+    fn deliver_ipi(&mut self, from: usize, req: &IpiRequest) {
+        if req.delivery_mode != DeliveryMode::Fixed {
+            log::warn!(
+                "VM {}: vCPU {from} IPI {:?} vector {:#x}: delivery mode not emulated; dropped",
+                self.id,
+                req.delivery_mode,
+                req.vector
+            );
+            return;
+        }
+        for (i, apic) in self.lapics.iter_mut().enumerate() {
+            if apic.is_destination(req, i == from) {
+                apic.accept_interrupt(req.vector);
+            }
         }
     }
 

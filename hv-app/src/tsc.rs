@@ -67,3 +67,38 @@ impl Clock for TscClock {
         }
     }
 }
+
+/// The time source of VMs' timer devices (HPET counter, local APIC timer):
+/// nanoseconds from the TSC, whose frequency is measured once.
+#[derive(Debug, Clone, Copy)]
+pub struct VmClock {
+    hz: u64,
+}
+
+impl axdevice::Clock for VmClock {
+    fn now_ns(&self) -> u64 {
+        (u128::from(rdtsc()) * 1_000_000_000 / u128::from(self.hz.max(1))) as u64
+    }
+
+    fn tsc(&self) -> u64 {
+        rdtsc()
+    }
+}
+
+/// The TSC frequency in Hz, calibrated on first use (10 ms).
+pub fn tsc_hz() -> u64 {
+    static HZ: spin::Once<u64> = spin::Once::new();
+    *HZ.call_once(|| {
+        TscClock::calibrate()
+            .unwrap_or_else(|e| {
+                log::warn!("VM clock: {e}; assuming a 4 GHz TSC");
+                TscClock::fallback()
+            })
+            .hz()
+    })
+}
+
+/// The VMs' clock (see [`tsc_hz`]).
+pub fn vm_clock() -> alloc::sync::Arc<dyn axdevice::Clock> {
+    alloc::sync::Arc::new(VmClock { hz: tsc_hz() })
+}

@@ -10,8 +10,13 @@ use crate::vendor::{CpuidResult, EXT1_ECX_SVM, leaf1_ecx};
 pub const HV_LEAF_BASE: u32 = 0x4000_0000;
 /// Leaf with this hypervisor's feature bits (currently 0).
 pub const HV_LEAF_FEATURES: u32 = 0x4000_0001;
+/// Timing leaf (the convention VMware and KVM guests read): EAX = TSC
+/// frequency in kHz, EBX = local APIC timer (bus) frequency in kHz.
+pub const HV_LEAF_TIMING: u32 = 0x4000_0010;
 /// Highest hypervisor leaf implemented.
-pub const HV_MAX_LEAF: u32 = HV_LEAF_FEATURES;
+pub const HV_MAX_LEAF: u32 = HV_LEAF_TIMING;
+/// The virtual local APIC's default timer input: 1 GHz (in kHz).
+pub const DEFAULT_APIC_BUS_KHZ: u32 = 1_000_000;
 /// The 12-byte signature returned in EBX, ECX, EDX of leaf `0x4000_0000`.
 pub const HV_SIGNATURE: [u8; 12] = *b"AxHvAxHvAxHv";
 
@@ -29,6 +34,10 @@ pub struct CpuidPolicy {
     pub x2apic: bool,
     /// Report the TSC-deadline timer (leaf 1 ECX bit 24), likewise virtual.
     pub tsc_deadline: bool,
+    /// TSC frequency in kHz for leaf `0x4000_0010` EAX (0: unknown).
+    pub tsc_khz: u32,
+    /// Local APIC timer input in kHz for leaf `0x4000_0010` EBX.
+    pub apic_bus_khz: u32,
 }
 
 impl CpuidPolicy {
@@ -39,6 +48,8 @@ impl CpuidPolicy {
             apic_id,
             x2apic: true,
             tsc_deadline: true,
+            tsc_khz: 0,
+            apic_bus_khz: DEFAULT_APIC_BUS_KHZ,
         }
     }
 
@@ -81,6 +92,7 @@ impl CpuidPolicy {
                 r = CpuidResult::new(HV_MAX_LEAF, sig(0), sig(4), sig(8));
             }
             HV_LEAF_FEATURES => r = CpuidResult::default(),
+            HV_LEAF_TIMING => r = CpuidResult::new(self.tsc_khz, self.apic_bus_khz, 0, 0),
             // The rest of the hypervisor range (including KVM's 0x4000_0100
             // probes): nothing there.
             0x4000_0002..=0x4fff_ffff => r = CpuidResult::default(),
@@ -149,7 +161,7 @@ mod tests {
     fn hypervisor_leaves() {
         let p = CpuidPolicy::new(0);
         let r = p.filter(0x4000_0000, 0, CpuidResult::new(0xd, 1, 2, 3), 0);
-        assert_eq!(r.eax, 0x4000_0001);
+        assert_eq!(r.eax, 0x4000_0010);
         let mut sig = [0u8; 12];
         sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
         sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
@@ -157,6 +169,23 @@ mod tests {
         assert_eq!(&sig, b"AxHvAxHvAxHv");
         assert_eq!(
             p.filter(0x4000_0100, 0, CpuidResult::new(9, 9, 9, 9), 0),
+            CpuidResult::default()
+        );
+        // Timing leaf: TSC kHz in EAX, APIC bus kHz in EBX.
+        assert_eq!(
+            p.filter(0x4000_0010, 0, CpuidResult::new(9, 9, 9, 9), 0),
+            CpuidResult::new(0, 1_000_000, 0, 0)
+        );
+        let p = CpuidPolicy {
+            tsc_khz: 2_400_000,
+            ..CpuidPolicy::new(0)
+        };
+        assert_eq!(
+            p.filter(0x4000_0010, 0, CpuidResult::default(), 0).eax,
+            2_400_000
+        );
+        assert_eq!(
+            p.filter(0x4000_000f, 0, CpuidResult::new(9, 9, 9, 9), 0),
             CpuidResult::default()
         );
     }

@@ -116,12 +116,13 @@ fn information_moves_when_the_image_covers_0x9000() {
     // free page of RAM, 0x1000 (never page 0).
     let c = test_config();
     let console = Arc::new(NullBackend);
-    let vm: TestVm = Vm::new(
+    let vm: TestVm = Vm::new_with_clock(
         &c,
         &multiboot_image(0x8000),
         NestedPagingKind::Npt,
         |_| vec![],
         console,
+        Some(Arc::new(TestClock::default())),
     )
     .unwrap();
     assert_eq!(vm.boot().multiboot_info, Some(gpa(0x1000)));
@@ -195,12 +196,13 @@ fn ept_and_affinity() {
     let mut c = test_config();
     c.vcpus.count = 2;
     c.vcpus.phys_cpu_affinity = Some(vec![3, 0]);
-    let vm: TestVm = Vm::new(
+    let vm: TestVm = Vm::new_with_clock(
         &c,
         &multiboot_image(LOAD),
         NestedPagingKind::Ept,
         |_| vec![],
         Arc::new(NullBackend),
+        Some(Arc::new(TestClock::default())),
     )
     .unwrap();
     assert_eq!(vm.aspace().kind(), NestedPagingKind::Ept);

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axaddrspace::test_util::HostHal;
 use axaddrspace::{GuestPhysAddr, NestedPagingKind};
-use axdevice::RingBuffer;
+use axdevice::{Clock, RingBuffer};
 use axvcpu::AxVCpuExitReason;
 use axvm::Vm;
 use axvmconfig::VmConfig;
@@ -14,6 +15,17 @@ use axvmconfig::VmConfig;
 use crate::mock::MockVcpu;
 
 pub type TestVm = Vm<MockVcpu, HostHal>;
+
+/// A clock that advances 1 µs each time it is read, so that a halted
+/// vCPU waiting for its APIC timer gets there.
+#[derive(Debug, Default)]
+pub struct TestClock(AtomicU64);
+
+impl Clock for TestClock {
+    fn now_ns(&self) -> u64 {
+        self.0.fetch_add(1_000, Ordering::SeqCst)
+    }
+}
 
 pub fn gpa(a: usize) -> GuestPhysAddr {
     GuestPhysAddr::from_usize(a)
@@ -61,19 +73,21 @@ pub fn multiboot_image(load: u32) -> Vec<u8> {
     image
 }
 
-/// A VM of `config` with the standard image, NPT, and a ring-buffer console.
+/// A VM of `config` with the standard image, NPT, a ring-buffer console
+/// and a [`TestClock`].
 pub fn build_with(
     config: &VmConfig,
     script: Vec<AxVCpuExitReason>,
 ) -> axvm::Result<(TestVm, Arc<RingBuffer>)> {
     let console = Arc::new(RingBuffer::new(4096));
     let mut script = Some(script);
-    let vm = Vm::new(
+    let vm = Vm::new_with_clock(
         config,
         &multiboot_image(LOAD),
         NestedPagingKind::Npt,
         |_| script.take().unwrap_or_default(),
         console.clone(),
+        Some(Arc::new(TestClock::default())),
     )?;
     Ok((vm, console))
 }

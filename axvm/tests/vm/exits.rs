@@ -3,7 +3,7 @@
 use axaddrspace::{AccessWidth, MappingFlags};
 use axvcpu::{AxVCpuExitReason as E, ExitReasonKind, VCpuState};
 use axvm::{Error, StopReason, VmExit, VmState};
-use axvmconfig::{DeviceKind, EmulatedDevice, MapKind, MemFlags, MemoryRegion};
+use axvmconfig::{MapKind, MemFlags, MemoryRegion};
 
 use crate::common::*;
 use crate::mock::flat32;
@@ -111,10 +111,8 @@ fn debug_exit_ends_the_vm_with_the_guests_code() {
 
 #[test]
 fn power_off_port_and_system_down() {
-    let mut c = test_config();
-    c.devices
-        .emulated
-        .push(EmulatedDevice::new(DeviceKind::PowerOff));
+    // The test-guest config has a power_off at 0x604.
+    let c = test_config();
     // outw(0x604, 0x2000): SLP_EN with SLP_TYP 0.
     let (mut vm, _) = build_with(&c, vec![out(0x604, AccessWidth::Word, 0x2000)]).unwrap();
     assert_eq!(vm.run_vcpu(0), Ok(VmExit::PowerOff));
@@ -191,10 +189,8 @@ fn a_hypercall_handler_answers_in_the_loop_and_defers_the_rest() {
 
 #[test]
 fn only_writes_to_the_power_ports_can_end_the_vm() {
-    let mut c = test_config();
-    c.devices
-        .emulated
-        .push(EmulatedDevice::new(DeviceKind::PowerOff));
+    // The test-guest config has a power_off at 0x604.
+    let c = test_config();
     // Writes to the UART and to an unclaimed port around the power-off
     // port's range (0x604..0x606) run on; the write to 0x604 ends the VM.
     let (mut vm, _) = build_with(

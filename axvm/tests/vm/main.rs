@@ -5,5 +5,6 @@ mod boot;
 mod common;
 mod errors;
 mod exits;
+mod lapic;
 mod mmio;
 mod mock;

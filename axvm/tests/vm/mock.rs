@@ -45,6 +45,8 @@ pub struct MockVcpu {
     pub decoded: Vec<Vec<u8>>,
     pub binds: usize,
     pub runs: usize,
+    /// The vectors the VM injected, in order.
+    pub injected: Vec<u8>,
 }
 
 impl AxArchVCpu for MockVcpu {
@@ -63,6 +65,7 @@ impl AxArchVCpu for MockVcpu {
             decoded: Vec::new(),
             binds: 0,
             runs: 0,
+            injected: Vec::new(),
         })
     }
 
@@ -106,8 +109,12 @@ impl AxArchVCpu for MockVcpu {
         self.regs[reg]
     }
 
-    fn inject_interrupt(&mut self, _vector: u8) -> Result {
-        Err(Error::Unsupported("interrupts in the mock vCPU"))
+    fn inject_interrupt(&mut self, vector: u8) -> Result {
+        if vector < 32 {
+            return Err(Error::InvalidArgument("vectors 0..32 are exceptions"));
+        }
+        self.injected.push(vector);
+        Ok(())
     }
 
     fn set_return_value(&mut self, val: u64) {

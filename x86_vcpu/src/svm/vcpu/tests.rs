@@ -282,7 +282,7 @@ fn cpuid_exit_filters_and_steps_two_bytes() {
     // The hypervisor leaf.
     v.set_gpr(0, 0x4000_0000);
     exit(&mut v, 0x72, 0, 0).unwrap();
-    assert_eq!(v.gpr(0), 0x4000_0001);
+    assert_eq!(v.gpr(0), 0x4000_0010);
     assert_eq!(v.gpr(3), u32::from_le_bytes(*b"AxHv").into());
     // SVM hidden.
     v.set_gpr(0, 0x8000_0001);

@@ -1,0 +1,114 @@
+//! The per-vCPU local APIC: xAPIC MMIO routed to it, its timer injected
+//! before entry, HLT waiting for an armed timer (SDM vol. 3A ch. 11).
+
+use axaddrspace::AccessWidth;
+use axvcpu::AxVCpuExitReason as E;
+use axvm::VmExit;
+
+use crate::common::*;
+
+fn apic_write(off: usize, data: u64) -> E {
+    E::MmioWrite {
+        addr: gpa(0xfee0_0000 + off),
+        width: AccessWidth::Dword,
+        data,
+    }
+}
+
+#[test]
+fn one_shot_timer_wakes_a_halted_vcpu_with_its_vector() {
+    let (mut vm, _) = build(vec![
+        E::MmioRead {
+            addr: gpa(0xfee0_0030),
+            width: AccessWidth::Dword,
+            reg: 3,
+            reg_width: AccessWidth::Qword,
+            signed_ext: false,
+        },
+        apic_write(0xf0, 0x1ff),   // SVR: software enable
+        apic_write(0x3e0, 0xb),    // divide by 1
+        apic_write(0x320, 0xf0),   // LVT timer: one-shot, vector 0xF0
+        apic_write(0x380, 50_000), // 50 µs at the 1 GHz bus
+        E::Halt,                   // waits for the deadline, runs on
+        apic_write(0xb0, 0),       // EOI
+        E::Halt,                   // nothing armed: the VM reports it
+    ]);
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    // Version register: 0x14, max LVT entry 6 (SDM 11.4.8).
+    assert_eq!(mock(&vm).regs[3], 0x0006_0014);
+    assert_eq!(mock(&vm).injected, vec![0xf0]);
+    assert_eq!(mock(&vm).runs, 8);
+}
+
+#[test]
+fn periodic_timer_fires_again_after_eoi_and_masked_timer_never() {
+    let (mut vm, _) = build(vec![
+        apic_write(0xf0, 0x1ff),
+        apic_write(0x3e0, 0xb),
+        apic_write(0x320, (1 << 17) | 0xf0), // periodic
+        apic_write(0x380, 10_000),
+        E::Halt,
+        apic_write(0xb0, 0),
+        E::Halt,
+        apic_write(0xb0, 0),
+        apic_write(0x320, (1 << 16) | 0xf0), // masked
+        E::Halt,
+    ]);
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(mock(&vm).injected, vec![0xf0, 0xf0]);
+}
+
+#[test]
+fn hpet_counter_reads_through_the_device_set() {
+    let vm = build(vec![]).0;
+    let cap = vm
+        .devices()
+        .handle_mmio_read(gpa(0xfed0_0000), AccessWidth::Qword)
+        .unwrap();
+    assert_eq!(cap >> 32, 10_000_000, "period in fs");
+    assert_ne!(cap & (1 << 13), 0, "64-bit counter");
+    assert_eq!(
+        vm.devices().find_port(0xa1).map(|d| d.name().to_string()),
+        Some("pic8259-slave@0xa0".into())
+    );
+}
+
+#[test]
+fn nimbos_and_arceos_configs_build_every_device() {
+    for name in ["nimbos", "arceos"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../configs/{name}.toml"));
+        let c = axvmconfig::VmConfig::load_file(&path).unwrap();
+        let (vm, _) = build_with(&c, vec![]).unwrap();
+        let mmio: Vec<String> = vm
+            .devices()
+            .mmio_devices()
+            .map(|d| d.name().to_string())
+            .collect();
+        assert!(
+            mmio.contains(&"ioapic@0xfec00000".to_string()),
+            "{name}: {mmio:?}"
+        );
+        assert_eq!(
+            vm.devices().find_port(0x604).map(|d| d.name().to_string()),
+            Some("acpi-pm1a-cnt@0x604".into())
+        );
+        if name == "nimbos" {
+            assert!(mmio.contains(&"hpet@0xfed00000".to_string()));
+        }
+    }
+}
+
+#[test]
+fn self_ipi_is_injected_before_the_next_entry() {
+    let (mut vm, _) = build(vec![
+        apic_write(0xf0, 0x1ff),
+        // ICR low: shorthand self (bits 19:18 = 01), fixed, vector 0x40.
+        apic_write(0x300, (1 << 18) | 0x40),
+        E::Halt, // pending: runs on, the vector goes in first
+        apic_write(0xb0, 0),
+        E::Halt,
+    ]);
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(mock(&vm).injected, vec![0x40]);
+}
