@@ -324,10 +324,15 @@ static long axhv_status(void __user *uarg)
 
 	if (axhv_image_size)
 		s.flags |= AXHV_STATUS_IMAGE_LOADED;
-	if (axhv_image_size && !axhv_find_entry(&info))
-		s.flags |= AXHV_STATUS_IMAGE_LINUX_ENTRY;
+	/*
+	 * Once enabled, the region is the hypervisor's: the root VM's nested
+	 * page table leaves it out, so Linux must not read it (it was
+	 * entered, so the entry is there).
+	 */
 	if (axhv_enabled)
-		s.flags |= AXHV_STATUS_ENABLED;
+		s.flags |= AXHV_STATUS_ENABLED | AXHV_STATUS_IMAGE_LINUX_ENTRY;
+	else if (axhv_image_size && !axhv_find_entry(&info))
+		s.flags |= AXHV_STATUS_IMAGE_LINUX_ENTRY;
 	return copy_to_user(uarg, &s, sizeof(s)) ? -EFAULT : 0;
 }
 

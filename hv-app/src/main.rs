@@ -29,6 +29,8 @@ mod hal;
 #[cfg(target_os = "none")]
 mod lapic;
 #[cfg(target_os = "none")]
+mod linux_entry;
+#[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
 mod panic;

@@ -234,12 +234,18 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
     let backend: Arc<dyn UartBackend> = console.clone();
     let per_vcpu_bytes = vcpu_frames(tag).saturating_mul(FRAME_SIZE);
     let (free_before, _) = crate::mem::frame_counts();
-    let mut vm = match HvVm::new(
+    let mut vm = match HvVm::new_with_clock(
         &config,
         parts.image,
         nested,
-        |vcpu| X86VcpuCreateConfig::new(vcpu, tag),
+        |vcpu| {
+            let mut c = X86VcpuCreateConfig::new(vcpu, tag);
+            // CPUID 0x4000_0010: the TSC frequency guests calibrate with.
+            c.cpuid.tsc_khz = u32::try_from(crate::tsc::tsc_hz() / 1000).unwrap_or(u32::MAX);
+            c
+        },
         backend,
+        Some(crate::tsc::vm_clock()),
     ) {
         Ok(vm) => vm,
         Err(e) => {

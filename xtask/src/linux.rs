@@ -87,7 +87,7 @@ fn version_key(v: &str) -> Vec<u64> {
         .collect()
 }
 
-fn out_dir() -> PathBuf {
+pub(crate) fn out_dir() -> PathBuf {
     tasks::hv_app_elf()
         .parent()
         .and_then(Path::parent)
@@ -358,6 +358,9 @@ pub fn run(args: &[String]) -> Result<u8, String> {
         };
         match a.as_str() {
             "--check" => return test_scenario().map(|_| 0),
+            "--root-vm" => {
+                return crate::rootvm::run(it.any(|a| a == "--check"));
+            }
             "--guest" => guest = val("--guest")?,
             "--smp" => {
                 let v = val("--smp")?;

@@ -7,6 +7,7 @@ mod bochs;
 mod linux;
 mod prereq;
 mod qemu;
+mod rootvm;
 mod tasks;
 mod vms;
 
@@ -21,7 +22,9 @@ commands:
       --mode MODE       type1 (default for now: hv-app boots directly) or type15
                         (the Debian kernel boots a busybox initramfs that loads
                         the axhv module and runs hvctl; takes --guest, --smp,
-                        --mem, --timeout; --check: its `xtask test` scenario)
+                        --mem, --timeout; --check: its `xtask test` scenario;
+                        --root-vm [--check]: enable the real hv-app (Linux-linked
+                        variant) so Linux goes on as the root VM, SVM only)
       --vendor V        amd (default: QEMU TCG with SVM+NPT) or intel (Bochs
                         with VMX+EPT, booting a GRUB ISO)
       --guest NAME      run a test guest from guests/ in a VM (repeatable:

@@ -23,17 +23,18 @@ const LIB_CRATES: [&str; 7] = [
 const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"];
 
 /// The project's test guests (built from `guests/`).
-const GUESTS: [&str; 6] = [
+const GUESTS: [&str; 7] = [
     "hello",
     "hypercall",
     "mmio",
     "isolation",
     "triple-fault",
     "bench",
+    "timer",
 ];
 
 /// Guests `run --guest` can run: the test guests.
-const KNOWN_GUESTS: [&str; 6] = GUESTS;
+const KNOWN_GUESTS: [&str; 7] = GUESTS;
 
 const BARE_TARGET: &str = "x86_64-unknown-none";
 
@@ -426,6 +427,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
         boot_smoke(&elf)?;
         guest_scenarios()?;
         crate::linux::test_scenario()?;
+        crate::rootvm::run(true)?;
         crate::bench::smoke()?;
     }
 
@@ -605,6 +607,19 @@ const SCENARIOS: &[Scenario] = &[
             "SMP: 2 of 2 CPUs online",
             "[vm1] hello: ok",
             "VM 1 (hello) exited with status 0",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        smp: 1,
+        name: "timer",
+        guests: &["timer"],
+        expect: &[
+            "[vm1] timer: cpuid tsc ",
+            "[vm1] timer: one-shot ok",
+            "[vm1] timer: periodic 5 ticks ok",
+            "[vm1] timer: hpet counter advances ok",
+            "VM 1 (timer) exited with status 0",
         ],
         exit: 0,
     },

@@ -1,0 +1,772 @@
+//! The Type-1.5 Linux entry (first stage, AMD SVM only).
+//!
+//! The `axhv` kernel module copies the flat image of the Linux-linked
+//! variant (`linker-linux.ld`, linked at the reserved region's physical
+//! base) to offset 0 of the region, finds [the header](#header) and calls
+//! `entry(cpu, region_phys, region_size)` on every online CPU at once, with
+//! interrupts off, from its own (executable) kernel mapping of the region.
+//!
+//! Per CPU the entry:
+//!
+//! 1. saves Linux's callee-saved registers on Linux's stack and checks that
+//!    the region is where the image was linked (else `-EINVAL`) and that
+//!    the CPU number is below [`MAX_CPUS`];
+//! 2. maps the page of its CR3-switch code at the kernel address it is
+//!    running from in hv-app's own page table (whose entry 0 maps the first
+//!    512 GiB 1:1 with 1 GiB pages), loads that CR3 and jumps to the
+//!    linked (= physical) address, onto its own per-CPU stack;
+//! 3. in Rust ([`linux_cpu_enter`]): copies Linux's kernel half (PML4
+//!    entries 256-511) into hv-app's page table, so Linux's GDT/TSS can be
+//!    read; checks SVM and nested paging; the first CPU builds the root VM's
+//!    nested page table (1:1 over 512 GiB, 1 GiB pages, 2 MiB pages in the
+//!    first GiB, the hypervisor region left out); sets EFER.SVME and
+//!    VM_HSAVE_PA; fills the VMCB with the live Linux state (segments from
+//!    the GDT, GDTR/IDTR, TR, LDTR, CR0/CR2/CR3/CR4, EFER, RFLAGS, DR6/DR7,
+//!    FS/GS/KERNEL_GS bases, STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*, PAT) with
+//!    RIP = the module's return address, RSP = Linux's stack after the
+//!    return, the callee-saved registers as Linux had them, RAX = 0 (no
+//!    instruction of the region, which the root VM cannot reach, runs in
+//!    guest mode);
+//! 4. runs the root vCPU: the only intercepts are VMRUN, VMMCALL, CPUID
+//!    (the SVM bit is hidden) and SHUTDOWN, plus nested page faults (an
+//!    access to the hypervisor region is reported and answered with #GP).
+//!    No INTR intercept and no V_INTR_MASKING: Linux's interrupts go straight
+//!    to Linux.
+//!
+//! If anything fails before the first VMRUN, the CPU switches back to
+//! Linux's CR3 and stack and the entry returns the error to the module.
+//!
+//! Not done yet: `leave` (the CPU stays in the hypervisor; the hypercall
+//! answers `-ENOSYS`), VMX, guest VMs beside Linux, reaching `hv_main` from
+//! this entry.
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use x86_vcpu::svm::{InterceptMisc1, InterceptMisc2, Vmcb, VmcbSegment};
+
+/// CPUs the Linux entry supports.
+const MAX_CPUS: usize = 8;
+/// Host stack per CPU.
+const STACK_SIZE: usize = 32 * 1024;
+/// Private hypercall number of `leave` (outside the public ABI's range).
+const HC_LEAVE: u32 = 0x4158_0001;
+
+const EINVAL: i64 = -22;
+const EIO: i64 = -5;
+const EOPNOTSUPP: i64 = -95;
+const EPERM: i64 = -1;
+
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+
+#[repr(C, align(16))]
+struct Stacks([[u8; STACK_SIZE]; MAX_CPUS]);
+
+const fn ident_1g() -> Table {
+    let mut t = [0u64; 512];
+    let mut i = 0;
+    while i < 512 {
+        // present | writable | page size (1 GiB)
+        t[i] = ((i as u64) << 30) | 0x83;
+        i += 1;
+    }
+    Table(t)
+}
+
+static mut HOST_PML4: Table = Table([0; 512]);
+static mut IDENT_PDPT: Table = ident_1g();
+static mut LNX_PDPT: Table = Table([0; 512]);
+static mut LNX_PD: Table = Table([0; 512]);
+static mut LNX_PT: Table = Table([0; 512]);
+static mut HOST_STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_CPUS]);
+
+static mut NPT_PML4: Table = Table([0; 512]);
+static mut NPT_PDPT: Table = Table([0; 512]);
+static mut NPT_PD: Table = Table([0; 512]);
+static NPT_STATE: AtomicU32 = AtomicU32::new(0);
+
+static mut VMCBS: [Vmcb; MAX_CPUS] = [const { Vmcb::zeroed() }; MAX_CPUS];
+static mut HSAVE: [Table; MAX_CPUS] = [const { Table([0; 512]) }; MAX_CPUS];
+/// Guest GPRs: RAX (unused: in the VMCB), RCX, RDX, RBX, RSP (unused),
+/// RBP, RSI, RDI, R8-R15.
+static mut GPRS: [[u64; 16]; MAX_CPUS] = [[0; 16]; MAX_CPUS];
+/// Per CPU: link address - the module's (Linux) address of the image.
+static mut DELTA: [u64; MAX_CPUS] = [0; MAX_CPUS];
+/// Per CPU: what `axhv_leave_native` restores: CR3, RSP, RIP, RFLAGS,
+/// RBX, RBP, R12-R15.
+static mut LEAVE_STATE: [[u64; 10]; MAX_CPUS] = [[0; 10]; MAX_CPUS];
+
+global_asm!(
+    r#"
+    .section .text.axhv_linux_header, "ax"
+    .balign 16
+    .global axhv_linux_header
+axhv_linux_header:
+    .ascii "AXHVLNX1"
+    .long 1                 /* version */
+    .long 40                /* header size */
+    /* offsets from the header, which linker-linux.ld puts first */
+    .quad axhv_linux_entry - axhv_linux_header
+    .quad axhv_linux_leave - axhv_linux_header
+    .quad __image_end - axhv_linux_header
+
+    .balign 16
+    .global axhv_linux_entry
+axhv_linux_entry:
+    endbr64
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq ${einval}, %rax
+    movabsq $__image_start, %rcx
+    cmpq %rcx, %rsi
+    jne .Lax_ret
+    cmpl ${max_cpus}, %edi
+    jae .Lax_ret
+
+    /* r9 = link address - Linux address */
+    leaq axhv_linux_entry(%rip), %r8
+    movabsq $axhv_linux_entry, %r9
+    subq %r8, %r9
+    /* r10 = Linux address of the switch code */
+    leaq .Lax_switch(%rip), %r10
+
+    /* host_pml4[0] = ident_pdpt | P | W */
+    movabsq ${host_pml4}, %rcx
+    subq %r9, %rcx
+    movabsq ${ident_pdpt}, %r11
+    orq $3, %r11
+    movq %r11, (%rcx)
+    /* host_pml4[va >> 39] = lnx_pdpt */
+    movq %r10, %rax
+    shrq $39, %rax
+    andq $511, %rax
+    movabsq ${lnx_pdpt}, %r11
+    orq $3, %r11
+    movq %r11, (%rcx,%rax,8)
+    /* lnx_pdpt[va >> 30] = lnx_pd */
+    movabsq ${lnx_pdpt}, %rcx
+    subq %r9, %rcx
+    movq %r10, %rax
+    shrq $30, %rax
+    andq $511, %rax
+    movabsq ${lnx_pd}, %r11
+    orq $3, %r11
+    movq %r11, (%rcx,%rax,8)
+    /* lnx_pd[va >> 21] = lnx_pt */
+    movabsq ${lnx_pd}, %rcx
+    subq %r9, %rcx
+    movq %r10, %rax
+    shrq $21, %rax
+    andq $511, %rax
+    movabsq ${lnx_pt}, %r11
+    orq $3, %r11
+    movq %r11, (%rcx,%rax,8)
+    /* lnx_pt[va >> 12] = physical page of the switch code */
+    movabsq ${lnx_pt}, %rcx
+    subq %r9, %rcx
+    movq %r10, %rax
+    shrq $12, %rax
+    andq $511, %rax
+    movq %r10, %r11
+    addq %r9, %r11
+    andq $-4096, %r11
+    orq $3, %r11
+    movq %r11, (%rcx,%rax,8)
+
+    movq %cr3, %rbx             /* Linux CR3 */
+    movq %rsp, %rbp             /* Linux RSP after the saves */
+    movl %edi, %r12d            /* cpu */
+    movq %rsi, %r13             /* region physical base */
+    movq %rdx, %r14             /* region size */
+    leaq .Lax_back(%rip), %r15  /* Linux address of the way back */
+    movabsq ${host_pml4}, %rax
+    jmp .Lax_switch
+
+    /* One 64-byte block, in one page, mapped at its Linux address in
+       both page tables. */
+    .balign 64
+.Lax_switch:
+    movq %rax, %cr3
+    movabsq $.Lax_ident, %rax
+    jmp *%rax
+.Lax_back:
+    movq %rbx, %cr3
+    movq %rbp, %rsp
+    jmp .Lax_ret
+
+.Lax_ident:
+    endbr64
+    movq %r12, %rax
+    incq %rax
+    imulq ${stack_size}, %rax
+    movabsq ${stacks}, %rsp
+    addq %rax, %rsp
+    movq %r12, %rdi
+    movq %r13, %rsi
+    movq %r14, %rdx
+    movq %rbp, %rcx
+    movq %rbx, %r8
+    /* r9 = link address - Linux address, computed above */
+    call {enter}
+    /* Only on failure: back to Linux with the error in RAX. */
+    jmp *%r15
+
+.Lax_ret:
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+
+    /* leave_native(state): runs at its Linux address (the module's mapping
+       of the region, in both page tables) with SVM already off: back to
+       Linux's CR3, stack, callee-saved registers and flags, then to the
+       instruction after the module's call of leave. */
+    .balign 16
+axhv_leave_native:
+    movq 0(%rdi), %rax
+    movq %rax, %cr3
+    movq 8(%rdi), %rsp
+    movq 32(%rdi), %rbx
+    movq 40(%rdi), %rbp
+    movq 48(%rdi), %r12
+    movq 56(%rdi), %r13
+    movq 64(%rdi), %r14
+    movq 72(%rdi), %r15
+    pushq 24(%rdi)
+    popfq
+    jmpq *16(%rdi)
+
+    .balign 16
+    .global axhv_linux_leave
+axhv_linux_leave:
+    endbr64
+    movl ${hc_leave}, %eax
+    vmmcall
+    ret
+
+    /* svm_run(vmcb_pa, gprs): one VMRUN with the guest GPRs of gprs. */
+    .text
+    .balign 16
+axhv_svm_run:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    pushq %rsi
+    movq %rdi, %rax
+    movq 8(%rsi), %rcx
+    movq 16(%rsi), %rdx
+    movq 24(%rsi), %rbx
+    movq 40(%rsi), %rbp
+    movq 56(%rsi), %rdi
+    movq 64(%rsi), %r8
+    movq 72(%rsi), %r9
+    movq 80(%rsi), %r10
+    movq 88(%rsi), %r11
+    movq 96(%rsi), %r12
+    movq 104(%rsi), %r13
+    movq 112(%rsi), %r14
+    movq 120(%rsi), %r15
+    movq 48(%rsi), %rsi
+    vmrun
+    pushq %rsi
+    movq 8(%rsp), %rsi
+    movq %rcx, 8(%rsi)
+    movq %rdx, 16(%rsi)
+    movq %rbx, 24(%rsi)
+    movq %rbp, 40(%rsi)
+    movq %rdi, 56(%rsi)
+    movq %r8, 64(%rsi)
+    movq %r9, 72(%rsi)
+    movq %r10, 80(%rsi)
+    movq %r11, 88(%rsi)
+    movq %r12, 96(%rsi)
+    movq %r13, 104(%rsi)
+    movq %r14, 112(%rsi)
+    movq %r15, 120(%rsi)
+    popq %rax
+    movq %rax, 48(%rsi)
+    popq %rsi
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .text
+"#,
+    einval = const EINVAL,
+    max_cpus = const MAX_CPUS,
+    stack_size = const STACK_SIZE,
+    hc_leave = const HC_LEAVE,
+    host_pml4 = sym HOST_PML4,
+    ident_pdpt = sym IDENT_PDPT,
+    lnx_pdpt = sym LNX_PDPT,
+    lnx_pd = sym LNX_PD,
+    lnx_pt = sym LNX_PT,
+    stacks = sym HOST_STACKS,
+    enter = sym linux_cpu_enter,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn axhv_svm_run(vmcb_pa: u64, gprs: *mut [u64; 16]);
+    fn axhv_leave_native(state_linux_va: u64) -> !;
+    static axhv_linux_leave: u8;
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only architectural MSRs present on every SVM-capable CPU are
+    // read here.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: callers write EFER (adding SVME) and VM_HSAVE_PA only.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack))
+    };
+}
+
+fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn serial_byte(b: u8) {
+    for _ in 0..100_000 {
+        let lsr: u8;
+        // SAFETY: reading the COM1 line status register.
+        unsafe { asm!("in al, dx", in("dx") 0x3fdu16, out("al") lsr, options(nostack)) };
+        if lsr & 0x20 != 0 {
+            break;
+        }
+    }
+    // SAFETY: writing a byte to COM1's transmit register.
+    unsafe { asm!("out dx, al", in("dx") 0x3f8u16, in("al") b, options(nostack)) };
+}
+
+struct Serial;
+
+impl core::fmt::Write for Serial {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                serial_byte(b'\r');
+            }
+            serial_byte(b);
+        }
+        Ok(())
+    }
+}
+
+/// Serializes the CPUs' report lines on COM1.
+static REPORT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        let _guard = REPORT_LOCK.lock();
+        let _ = core::fmt::Write::write_fmt(&mut Serial, format_args!($($arg)*));
+    }};
+}
+
+/// A segment of the live CPU from Linux's GDT (`sys` for 16-byte system
+/// descriptors: TR, LDTR).
+fn segment(gdt_base: u64, gdt_limit: u16, selector: u16, sys: bool) -> VmcbSegment {
+    let index = u64::from(selector & !7);
+    if selector & !3 == 0 || selector & 4 != 0 || index + 7 > u64::from(gdt_limit) {
+        return VmcbSegment {
+            selector,
+            ..VmcbSegment::default()
+        };
+    }
+    // SAFETY: the descriptor lies inside Linux's GDT (checked against its
+    // limit), mapped through the kernel half copied into our page table.
+    let desc = unsafe { core::ptr::read_volatile((gdt_base + index) as *const u64) };
+    let mut base = ((desc >> 16) & 0xff_ffff) | (((desc >> 56) & 0xff) << 24);
+    if sys && index + 15 <= u64::from(gdt_limit) {
+        // SAFETY: as above, the upper half of a 16-byte descriptor.
+        let high = unsafe { core::ptr::read_volatile((gdt_base + index + 8) as *const u64) };
+        base |= (high & 0xffff_ffff) << 32;
+    }
+    let mut limit = ((desc & 0xffff) | ((desc >> 32) & 0xf_0000)) as u32;
+    if desc & (1 << 55) != 0 {
+        limit = (limit << 12) | 0xfff;
+    }
+    let attrib = (((desc >> 40) & 0xff) | (((desc >> 52) & 0xf) << 8)) as u16;
+    VmcbSegment {
+        selector,
+        attrib,
+        limit,
+        base,
+    }
+}
+
+fn build_npt(region: u64, size: u64) {
+    let pml4 = &raw mut NPT_PML4;
+    let pdpt = &raw mut NPT_PDPT;
+    let pd = &raw mut NPT_PD;
+    // SAFETY: only the CPU that won NPT_STATE writes the tables, before
+    // any CPU uses them.
+    unsafe {
+        for j in 0..512u64 {
+            let gpa = j << 21;
+            let inside = gpa + (1 << 21) > region && gpa < region + size;
+            // present | writable | user | 2 MiB
+            (*pd).0[j as usize] = if inside { 0 } else { gpa | 0x87 };
+        }
+        (*pdpt).0[0] = pd as u64 | 0x7;
+        for i in 1..512u64 {
+            (*pdpt).0[i as usize] = (i << 30) | 0x87;
+        }
+        (*pml4).0[0] = pdpt as u64 | 0x7;
+    }
+}
+
+/// The Rust half of the entry, on hv-app's page table and stack. Returns a
+/// negative errno if the CPU could not enter; on success it never returns
+/// (Linux resumes in guest mode where the entry would have returned).
+extern "C" fn linux_cpu_enter(
+    cpu: u64,
+    region: u64,
+    size: u64,
+    linux_rsp: u64,
+    linux_cr3: u64,
+    delta: u64,
+) -> i64 {
+    let cpu = cpu as usize;
+    // SAFETY: DELTA[cpu] belongs to this CPU (cpu < MAX_CPUS: the entry
+    // checked it).
+    unsafe { (&raw mut DELTA).cast::<u64>().add(cpu).write(delta) };
+    // Linux's kernel half, so that its GDT and TSS can be read.
+    let host = &raw mut HOST_PML4;
+    let linux_pml4 = (linux_cr3 & 0x000f_ffff_ffff_f000) as *const u64;
+    // SAFETY: Linux's PML4 is reached through the 1:1 map of entry 0; the
+    // copied entries map the same kernel addresses as in Linux (the one
+    // we set for the switch code maps it to the same physical page).
+    unsafe {
+        for i in 256..512 {
+            let e = core::ptr::read_volatile(linux_pml4.add(i));
+            if e & 1 != 0 {
+                (*host).0[i] = e;
+            }
+        }
+        asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack));
+    }
+    if region + size > 1 << 30 {
+        report!("axhv: cpu{cpu}: region {region:#x}+{size:#x} ends above 1 GiB: unsupported\n");
+        return EINVAL;
+    }
+    if cpuid(0x8000_0001, 0)[2] & (1 << 2) == 0 {
+        return EOPNOTSUPP;
+    }
+    if cpuid(0x8000_000a, 0)[3] & 1 == 0 {
+        report!("axhv: cpu{cpu}: SVM without nested paging: unsupported\n");
+        return EOPNOTSUPP;
+    }
+    if rdmsr(0xc001_0114) & (1 << 4) != 0 {
+        report!("axhv: cpu{cpu}: SVM disabled by the firmware (VM_CR.SVMDIS)\n");
+        return EPERM;
+    }
+    if NPT_STATE
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        build_npt(region, size);
+        NPT_STATE.store(2, Ordering::Release);
+    }
+    while NPT_STATE.load(Ordering::Acquire) != 2 {
+        core::hint::spin_loop();
+    }
+
+    let efer = rdmsr(0xc000_0080) | (1 << 12);
+    wrmsr(0xc000_0080, efer);
+    wrmsr(0xc001_0117, (&raw mut HSAVE) as u64 + (cpu as u64) * 4096);
+
+    // Linux resumes where the entry returns to the module, with the
+    // registers the entry saved on Linux's stack: R15, R14, R13, R12, RBX,
+    // RBP, then the return address. So no instruction of the hypervisor's
+    // region (which the root VM cannot reach) runs in guest mode.
+    let gprs = ((&raw mut GPRS) as *mut [u64; 16]).wrapping_add(cpu);
+    let stack = linux_rsp as *const u64;
+    let mut saved = [0u64; 7];
+    for (i, v) in saved.iter_mut().enumerate() {
+        // SAFETY: the entry pushed these 7 words on Linux's stack, a kernel
+        // address mapped by the copied kernel half.
+        *v = unsafe { core::ptr::read_volatile(stack.add(i)) };
+    }
+    // SAFETY: GPRS[cpu] belongs to this CPU only.
+    unsafe {
+        let g = &mut *gprs;
+        g[15] = saved[0];
+        g[14] = saved[1];
+        g[13] = saved[2];
+        g[12] = saved[3];
+        g[3] = saved[4];
+        g[5] = saved[5];
+    }
+    let resume_rip = saved[6];
+    let linux_rsp = linux_rsp + 7 * 8;
+
+    let vmcb_ptr = ((&raw mut VMCBS) as *mut Vmcb).wrapping_add(cpu);
+    // SAFETY: VMCB `cpu` belongs to this CPU only (cpu < MAX_CPUS, checked
+    // by the entry).
+    let vmcb = unsafe { &mut *vmcb_ptr };
+    fill_vmcb(vmcb, linux_rsp, linux_cr3, resume_rip, efer);
+    let mut first = true;
+    loop {
+        // SAFETY: the VMCB holds a complete guest state and the controls
+        // above; HSAVE is set; EFER.SVME is on.
+        unsafe { axhv_svm_run(vmcb_ptr as u64, gprs) };
+        let code = vmcb.control.exit_code;
+        if first && code == u64::MAX {
+            report!("axhv: cpu{cpu}: VMRUN refused the Linux state (VMEXIT_INVALID)\n");
+            wrmsr(0xc000_0080, efer & !(1 << 12));
+            return EIO;
+        }
+        if first {
+            report!("axhv: cpu{cpu}: Linux runs as the root VM\n");
+            first = false;
+        }
+        vmcb.control.tlb_control = 0;
+        // SAFETY: gprs is this CPU's array.
+        handle_exit(cpu, vmcb, unsafe { &mut *gprs });
+    }
+}
+
+fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
+    let (cr0, cr2, cr4, dr6, dr7, rflags): (u64, u64, u64, u64, u64, u64);
+    let (cs, ss, ds, es, fs, gs, tr, ldtr): (u16, u16, u16, u16, u16, u16, u16, u16);
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: reads of the live CPU state (no side effects).
+    unsafe {
+        asm!("mov {}, cr0", out(reg) cr0, options(nostack));
+        asm!("mov {}, cr2", out(reg) cr2, options(nostack));
+        asm!("mov {}, cr4", out(reg) cr4, options(nostack));
+        asm!("mov {}, dr6", out(reg) dr6, options(nostack));
+        asm!("mov {}, dr7", out(reg) dr7, options(nostack));
+        asm!("pushfq", "pop {}", out(reg) rflags);
+        asm!("mov {0:x}, cs", out(reg) cs, options(nostack));
+        asm!("mov {0:x}, ss", out(reg) ss, options(nostack));
+        asm!("mov {0:x}, ds", out(reg) ds, options(nostack));
+        asm!("mov {0:x}, es", out(reg) es, options(nostack));
+        asm!("mov {0:x}, fs", out(reg) fs, options(nostack));
+        asm!("mov {0:x}, gs", out(reg) gs, options(nostack));
+        asm!("str {0:x}", out(reg) tr, options(nostack));
+        asm!("sldt {0:x}", out(reg) ldtr, options(nostack));
+        asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
+        asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
+    }
+    let gdt_limit = u16::from_le_bytes([gdtr[0], gdtr[1]]);
+    let gdt_base = u64::from_le_bytes(gdtr[2..10].try_into().unwrap_or([0; 8]));
+    let idt_limit = u16::from_le_bytes([idtr[0], idtr[1]]);
+    let idt_base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+
+    let s = &mut v.save;
+    s.cs = segment(gdt_base, gdt_limit, cs, false);
+    s.ss = segment(gdt_base, gdt_limit, ss, false);
+    s.ds = segment(gdt_base, gdt_limit, ds, false);
+    s.es = segment(gdt_base, gdt_limit, es, false);
+    s.fs = segment(gdt_base, gdt_limit, fs, false);
+    s.gs = segment(gdt_base, gdt_limit, gs, false);
+    s.fs.base = rdmsr(0xc000_0100);
+    s.gs.base = rdmsr(0xc000_0101);
+    s.tr = segment(gdt_base, gdt_limit, tr, true);
+    s.ldtr = segment(gdt_base, gdt_limit, ldtr, true);
+    s.gdtr = VmcbSegment {
+        limit: u32::from(gdt_limit),
+        base: gdt_base,
+        ..VmcbSegment::default()
+    };
+    s.idtr = VmcbSegment {
+        limit: u32::from(idt_limit),
+        base: idt_base,
+        ..VmcbSegment::default()
+    };
+    s.cpl = 0;
+    s.efer = efer;
+    s.cr0 = cr0;
+    s.cr2 = cr2;
+    s.cr3 = cr3;
+    s.cr4 = cr4;
+    s.dr6 = dr6;
+    s.dr7 = dr7;
+    s.rflags = rflags;
+    s.rip = rip;
+    s.rsp = rsp;
+    s.rax = 0;
+    s.star = rdmsr(0xc000_0081);
+    s.lstar = rdmsr(0xc000_0082);
+    s.cstar = rdmsr(0xc000_0083);
+    s.sfmask = rdmsr(0xc000_0084);
+    s.kernel_gs_base = rdmsr(0xc000_0102);
+    s.sysenter_cs = rdmsr(0x174);
+    s.sysenter_esp = rdmsr(0x175);
+    s.sysenter_eip = rdmsr(0x176);
+    s.g_pat = rdmsr(0x277);
+
+    let c = &mut v.control;
+    c.intercept_misc1 = (InterceptMisc1::CPUID | InterceptMisc1::SHUTDOWN).bits();
+    c.intercept_misc2 = (InterceptMisc2::VMRUN | InterceptMisc2::VMMCALL).bits();
+    c.guest_asid = 1;
+    c.tlb_control = 1;
+    c.np_enable = 1;
+    c.n_cr3 = (&raw mut NPT_PML4) as u64;
+    c.vintr = 0;
+    c.vmcb_clean = 0;
+}
+
+/// SVM exit codes handled here (APM vol. 2 appendix C).
+const EXIT_CPUID: u64 = 0x72;
+const EXIT_SHUTDOWN: u64 = 0x7f;
+const EXIT_VMRUN: u64 = 0x80;
+const EXIT_VMMCALL: u64 = 0x81;
+const EXIT_NPF: u64 = 0x400;
+
+fn advance(v: &mut Vmcb, len: u64) {
+    v.save.rip = if v.control.next_rip != 0 {
+        v.control.next_rip
+    } else {
+        v.save.rip + len
+    };
+}
+
+fn inject_exception(v: &mut Vmcb, vector: u64, error: Option<u32>) {
+    let mut e = vector | (3 << 8) | (1 << 31);
+    if let Some(code) = error {
+        e |= (1 << 11) | (u64::from(code) << 32);
+    }
+    v.control.event_inj = e;
+}
+
+fn handle_exit(cpu: usize, v: &mut Vmcb, gprs: &mut [u64; 16]) {
+    match v.control.exit_code {
+        EXIT_CPUID => {
+            let leaf = v.save.rax as u32;
+            let mut r = cpuid(leaf, gprs[1] as u32);
+            if leaf == 0x8000_0001 {
+                r[2] &= !(1 << 2);
+            }
+            v.save.rax = u64::from(r[0]);
+            gprs[3] = u64::from(r[1]);
+            gprs[1] = u64::from(r[2]);
+            gprs[2] = u64::from(r[3]);
+            advance(v, 2);
+        }
+        EXIT_VMMCALL => {
+            let nr = v.save.rax;
+            v.save.rax = if v.save.cpl != 0 {
+                // Only the root VM's kernel may call the hypervisor; its
+                // user space gets -EPERM.
+                (-1i64) as u64
+            } else if nr == u64::from(HC_LEAVE) {
+                report!("axhv: cpu{cpu}: leave is not implemented yet: Linux stays the root VM\n");
+                (-38i64) as u64
+            } else {
+                let args = [gprs[7], gprs[6], gprs[2], gprs[10], gprs[8], gprs[9]];
+                let root = hv_app::hypercall::Caller {
+                    is_root: true,
+                    memory: &[],
+                };
+                hv_app::hypercall::handle_call(&root, nr, &args)
+            };
+            advance(v, 3);
+        }
+        EXIT_NPF if v.control.exit_info_2 == (&raw const axhv_linux_leave) as u64 => {
+            // The module called `leave` (disable or roll back): its code
+            // lies in the region the root VM cannot reach, so the fetch
+            // faults here. Return from that call natively.
+            // SAFETY: the return address the module's call pushed, on
+            // Linux's kernel stack (mapped by the copied kernel half).
+            let ret = unsafe { core::ptr::read_volatile(v.save.rsp as *const u64) };
+            leave_native(cpu, v, gprs, ret, v.save.rsp + 8);
+        }
+        EXIT_NPF => {
+            report!(
+                "axhv: cpu{cpu}: root VM tried to access hypervisor memory at GPA {:#x} (RIP {:#x}); injecting #GP\n",
+                v.control.exit_info_2,
+                v.save.rip
+            );
+            inject_exception(v, 13, Some(0));
+        }
+        EXIT_VMRUN => inject_exception(v, 6, None),
+        EXIT_SHUTDOWN => {
+            report!(
+                "axhv: cpu{cpu}: root VM shut down (triple fault) at RIP {:#x}; halting this CPU\n",
+                v.save.rip
+            );
+            halt();
+        }
+        code => {
+            report!(
+                "axhv: cpu{cpu}: unexpected root VM exit {code:#x} at RIP {:#x}; halting this CPU\n",
+                v.save.rip
+            );
+            halt();
+        }
+    }
+}
+
+/// Turns SVM off on this CPU and resumes Linux natively at `rip` with
+/// stack `rsp`, the root vCPU's CR3, flags and callee-saved registers.
+/// Linux's other state (segments, descriptor tables, TR, FS/GS and the
+/// syscall MSRs) is still in the CPU: #VMEXIT restores CS/SS/DS/ES,
+/// GDTR/IDTR, CR0/CR4 and EFER from the host save area (Linux's at entry)
+/// and VMRUN/#VMEXIT leave the rest alone (no VMLOAD/VMSAVE here).
+fn leave_native(cpu: usize, v: &Vmcb, gprs: &[u64; 16], rip: u64, rsp: u64) -> ! {
+    report!("axhv: cpu{cpu}: leaving: Linux runs natively again\n");
+    let state = [
+        v.save.cr3,
+        rsp,
+        rip,
+        v.save.rflags,
+        gprs[3],
+        gprs[5],
+        gprs[12],
+        gprs[13],
+        gprs[14],
+        gprs[15],
+    ];
+    // SAFETY: LEAVE_STATE[cpu] and DELTA[cpu] belong to this CPU.
+    let (state_va, delta) = unsafe {
+        let slot = (&raw mut LEAVE_STATE).cast::<[u64; 10]>().add(cpu);
+        slot.write(state);
+        (
+            slot as u64,
+            (&raw const DELTA).cast::<u64>().add(cpu).read(),
+        )
+    };
+    wrmsr(0xc001_0117, 0);
+    // SAFETY: GIF back to 1 before SVM goes off (as Linux's KVM does), with
+    // RFLAGS.IF = 0 (the host flags saved at entry): nothing is taken.
+    unsafe { asm!("stgi", options(nostack)) };
+    wrmsr(0xc000_0080, rdmsr(0xc000_0080) & !(1 << 12));
+    let native = (axhv_leave_native as *const () as u64).wrapping_sub(delta);
+    // SAFETY: `native` is the Linux (module) address of
+    // axhv_leave_native, mapped executable in both page tables; the state
+    // it loads is Linux's, at its Linux address.
+    let f: extern "C" fn(u64) -> ! = unsafe { core::mem::transmute(native) };
+    f(state_va.wrapping_sub(delta))
+}
+
+fn halt() -> ! {
+    loop {
+        // SAFETY: parks this CPU (GIF is 0 after #VMEXIT: nothing wakes it).
+        unsafe { asm!("cli; hlt", options(nostack)) };
+    }
+}

@@ -1,0 +1,307 @@
+//! Type-1.5 with the real hypervisor: `cargo xtask run --mode type15
+//! --root-vm [--check]`.
+//!
+//! Builds the Linux-linked variant of hv-app (`AXHV_LINK=linux`, linked at
+//! the reserved region [`HV_MEM`], see `hv-app/linker-linux.ld`) in its own
+//! target directory, turns its ELF into the flat image the kernel module
+//! copies to offset 0 of the region (`hv-app-linux.bin`: the PT_LOAD
+//! segments from the lowest address, `.bss` as zeros), and boots Linux
+//! with an `/init` that enables the hypervisor with that image: Linux goes
+//! on as the root VM (AMD SVM; QEMU/TCG, 2 CPUs), user space prints after
+//! the enable, `hvctl status` answers, a sleep runs on the timer, then
+//! `disable` returns every CPU to native execution; three such cycles (each
+//! enable loads the image into the region again, which only works once
+//! the region is Linux's again), then power off.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::linux::{self, HV_MEM};
+use crate::qemu::{self, QemuConfig};
+use crate::{prereq, tasks};
+
+/// The flat memory image of an ELF64 file: its PT_LOAD segments placed
+/// from the lowest physical address, the bytes beyond each segment's file
+/// size (`.bss`) as zeros. Returns the base address and the image.
+pub fn flat_image(elf: &[u8]) -> Result<(u64, Vec<u8>), String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err("not a little-endian ELF64 file".into());
+    }
+    let bad = || "truncated ELF program headers".to_string();
+    let phoff = u64_at(32).ok_or_else(bad)? as usize;
+    let phentsize = u16_at(54).ok_or_else(bad)? as usize;
+    let phnum = u16_at(56).ok_or_else(bad)? as usize;
+    let mut segs = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph).ok_or_else(bad)? != 1 {
+            continue; // not PT_LOAD
+        }
+        let off = u64_at(ph + 8).ok_or_else(bad)?;
+        let paddr = u64_at(ph + 24).ok_or_else(bad)?;
+        let filesz = u64_at(ph + 32).ok_or_else(bad)?;
+        let memsz = u64_at(ph + 40).ok_or_else(bad)?;
+        if filesz > memsz || off.checked_add(filesz).is_none_or(|e| e > elf.len() as u64) {
+            return Err(format!("PT_LOAD {i}: file bytes outside the file"));
+        }
+        segs.push((paddr, off, filesz, memsz));
+    }
+    let base = segs.iter().map(|s| s.0).min().ok_or("no PT_LOAD segment")?;
+    let end = segs.iter().map(|s| s.0 + s.3).max().unwrap_or(base);
+    if end - base > 64 << 20 {
+        return Err(format!("image of {} bytes is too large", end - base));
+    }
+    let mut img = vec![0u8; (end - base) as usize];
+    for (paddr, off, filesz, _) in segs {
+        let at = (paddr - base) as usize;
+        img[at..at + filesz as usize].copy_from_slice(&elf[off as usize..(off + filesz) as usize]);
+    }
+    Ok((base, img))
+}
+
+/// Builds the Linux-linked hv-app and writes `hv-app-linux.bin`; checks it
+/// is linked at [`HV_MEM`] and starts with the Linux-entry header.
+pub fn build_hv_app_linux() -> Result<PathBuf, String> {
+    let target = linux::out_dir().join("hv-app-target");
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(tasks::root())
+        .env("AXHV_LINK", "linux")
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "-p",
+            "hv-app",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+        ]);
+    println!("\n==> build hv-app, Linux-linked variant (AXHV_LINK=linux)");
+    let t = Instant::now();
+    let st = c.status().map_err(|e| format!("cargo: {e}"))?;
+    if !st.success() {
+        return Err(format!("build hv-app (AXHV_LINK=linux): failed ({st})"));
+    }
+    println!("    ok ({:.1}s)", t.elapsed().as_secs_f64());
+    let elf_path = target.join("x86_64-unknown-none/release/hv-app");
+    let elf = std::fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let (base, img) = flat_image(&elf).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    if base != HV_MEM || !img.starts_with(b"AXHVLNX1") {
+        return Err(format!(
+            "{}: linked at {base:#x}, header {:?}: want {HV_MEM:#x} and AXHVLNX1 first",
+            elf_path.display(),
+            String::from_utf8_lossy(&img[..8.min(img.len())])
+        ));
+    }
+    let out = target.join("hv-app-linux.bin");
+    std::fs::write(&out, &img).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
+}
+
+/// The `/init` of the root-VM scenario.
+pub fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} && echo "axhv-rootvm: module loaded"
+for i in 1 2 3; do
+    hvctl enable --image /axhv/hv-app-linux.bin
+    echo "axhv-rootvm: cycle $i: hvctl enable exit status $?"
+    echo "axhv-rootvm: cycle $i: user space still running after enable (pid $$, uptime $(cut -d' ' -f1 /proc/uptime) s)"
+    hvctl status | grep enabled
+    sleep 1
+    echo "axhv-rootvm: cycle $i: slept 1 s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online)"
+    hvctl disable
+    echo "axhv-rootvm: cycle $i: hvctl disable exit status $?"
+done
+echo "axhv-rootvm: done"
+poweroff -f
+"#,
+        mem = HV_MEM,
+        size = linux::HV_SIZE
+    )
+}
+
+/// Console lines the scenario expects, in order (hv-app's own lines come
+/// from the hypervisor on COM1 and interleave with Linux's).
+pub const EXPECT: &[&str] = &[
+    "axhv-rootvm: module loaded",
+    "Linux entry: present",
+    "axhv: entering the hypervisor on 2 CPUs",
+    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
+    "axhv-rootvm: cycle 1: hvctl enable exit status 0",
+    "axhv-rootvm: cycle 1: user space still running after enable",
+    "enabled: yes",
+    "axhv-rootvm: cycle 1: slept 1 s as the root VM",
+    "axhv: hypervisor disabled: Linux runs natively",
+    "axhv-rootvm: cycle 1: hvctl disable exit status 0",
+    "Linux entry: present",
+    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
+    "axhv-rootvm: cycle 2: hvctl enable exit status 0",
+    "axhv-rootvm: cycle 2: slept 1 s as the root VM",
+    "axhv-rootvm: cycle 2: hvctl disable exit status 0",
+    "Linux entry: present",
+    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
+    "axhv-rootvm: cycle 3: hvctl enable exit status 0",
+    "axhv-rootvm: cycle 3: slept 1 s as the root VM",
+    "axhv-rootvm: cycle 3: hvctl disable exit status 0",
+    "axhv-rootvm: done",
+];
+
+/// hv-app's lines, per CPU in order (the CPUs' lines interleave): Linux
+/// runs as its root VM, then leaves, three times.
+pub const EXPECT_HV: &[&[&str]] = &[
+    &[
+        "axhv: cpu0: Linux runs as the root VM",
+        "axhv: cpu0: leaving: Linux runs natively again",
+        "axhv: cpu0: Linux runs as the root VM",
+        "axhv: cpu0: leaving: Linux runs natively again",
+        "axhv: cpu0: Linux runs as the root VM",
+        "axhv: cpu0: leaving: Linux runs natively again",
+    ],
+    &[
+        "axhv: cpu1: Linux runs as the root VM",
+        "axhv: cpu1: leaving: Linux runs natively again",
+        "axhv: cpu1: Linux runs as the root VM",
+        "axhv: cpu1: leaving: Linux runs natively again",
+        "axhv: cpu1: Linux runs as the root VM",
+        "axhv: cpu1: leaving: Linux runs natively again",
+    ],
+];
+
+fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
+    let ver = linux::kernel_version()?;
+    let module = linux::build_module(&ver)?;
+    let hvctl = linux::build_hvctl()?;
+    let hv = tasks::build_hv_app()?;
+    let guests = tasks::build_guests()?;
+    linux::build_initramfs(&module, &hvctl, &hv, &guests.join("hello"))?;
+    let root = linux::out_dir().join("initramfs");
+    std::fs::copy(hv_linux, root.join("axhv/hv-app-linux.bin"))
+        .map_err(|e| format!("initramfs: {}: {e}", hv_linux.display()))?;
+    std::fs::write(root.join("init"), init_script()).map_err(|e| format!("init: {e}"))?;
+    let out = linux::out_dir().join("initramfs-rootvm.cpio.gz");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6 > "$2""#)
+        .arg("sh")
+        .arg(&root)
+        .arg(&out);
+    let st = c.status().map_err(|e| format!("cpio: {e}"))?;
+    if !st.success() {
+        return Err(format!("build the root-VM initramfs: failed ({st})"));
+    }
+    Ok(out)
+}
+
+/// Builds and boots the scenario; with `check`, asserts its lines.
+pub fn run(check: bool) -> Result<u8, String> {
+    prereq::check(&prereq::LINUX)?;
+    println!("\n==> Type-1.5 root VM (Linux resumed as hv-app's root VM, QEMU/SVM, 2 CPUs)");
+    let t = Instant::now();
+    let hv_linux = build_hv_app_linux()?;
+    let initrd = initramfs(&hv_linux)?;
+    let ver = linux::kernel_version()?;
+    let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
+    let cfg = QemuConfig {
+        smp: 2,
+        mem: "1G".into(),
+        timeout: Duration::from_secs(240),
+        stream: !check,
+    };
+    let out = qemu::run(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
+    if !check {
+        println!("==> QEMU ended (status {:?})", out.status);
+        return Ok(if out.status == Some(0) { 0 } else { 1 });
+    }
+    let ctx = |e: String| format!("root-VM scenario: {e}");
+    out.expect_in_order(EXPECT).map_err(ctx)?;
+    for lines in EXPECT_HV {
+        out.expect_in_order(lines).map_err(ctx)?;
+    }
+    if out.status != Some(0) {
+        return Err(format!(
+            "root-VM scenario: QEMU status {:?} (expected 0 after `poweroff -f`)",
+            out.status
+        ));
+    }
+    println!(
+        "    ok: Linux ran as the root VM on 2 CPUs and went back to native, 3 cycles ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ELF64 with two PT_LOAD segments, the second with .bss.
+    fn elf() -> Vec<u8> {
+        let mut e = vec![0u8; 0x200];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        e[32..40].copy_from_slice(&64u64.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&2u16.to_le_bytes());
+        for (i, (off, paddr, filesz, memsz)) in [
+            (0x100u64, 0x2000_0000u64, 4u64, 4u64),
+            (0x180, 0x2000_1000, 2, 0x10),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ph = 64 + i * 56;
+            e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+            e[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
+            e[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+            e[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
+            e[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        e[0x100..0x104].copy_from_slice(b"AXHV");
+        e[0x180..0x182].copy_from_slice(&[0xaa, 0xbb]);
+        e
+    }
+
+    #[test]
+    fn flat_image_places_segments_and_zero_bss() {
+        let (base, img) = flat_image(&elf()).unwrap();
+        assert_eq!(base, 0x2000_0000);
+        assert_eq!(img.len(), 0x1010);
+        assert_eq!(&img[..4], b"AXHV");
+        assert_eq!(&img[0x1000..0x1002], &[0xaa, 0xbb]);
+        assert!(img[0x1002..].iter().all(|&b| b == 0));
+        assert!(img[4..0x1000].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn flat_image_refuses_bad_input() {
+        assert!(flat_image(b"not an elf").is_err());
+        let mut e = elf();
+        e[64 + 56 + 32..64 + 56 + 40].copy_from_slice(&0x1000u64.to_le_bytes()); // filesz past EOF
+        assert!(flat_image(&e).is_err());
+    }
+
+    #[test]
+    fn init_enables_with_the_linux_image() {
+        let init = init_script();
+        assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
+        assert!(init.contains("hv_mem=0x20000000 hv_size=0x10000000"));
+        assert!(init.ends_with("poweroff -f\n"));
+    }
+}
