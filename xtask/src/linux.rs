@@ -335,7 +335,7 @@ fn boot(guest: &str, cfg: &QemuConfig) -> Result<qemu::QemuOutcome, String> {
     if cfg.stream {
         println!("==> qemu-system-x86_64 {}", args.join(" "));
     }
-    qemu::run(&args, cfg)
+    qemu::run_linux(&args, cfg)
 }
 
 /// `cargo xtask run --mode type15 [--guest NAME] [--smp N] [--mem SIZE]

@@ -223,7 +223,7 @@ pub fn run(check: bool) -> Result<u8, String> {
         timeout: Duration::from_secs(240),
         stream: !check,
     };
-    let out = qemu::run(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
+    let out = qemu::run_linux(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
     if !check {
         println!("==> QEMU ended (status {:?})", out.status);
         return Ok(if out.status == Some(0) { 0 } else { 1 });
