@@ -17,6 +17,8 @@ pub mod svm;
 pub mod vcpu;
 pub mod vendor;
 pub mod vmx;
+#[cfg(target_os = "none")]
+mod xcr;
 
 pub use cpuid::CpuidPolicy;
 pub use dispatch::{X86PerCpu, X86Vcpu};

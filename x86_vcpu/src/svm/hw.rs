@@ -18,6 +18,7 @@
 //! soft-float and does not touch it) and DR0-DR3. XCR0 is switched by
 //! [`vmrun`] around the call when the guest set a different one.
 
+use crate::xcr::{xgetbv0, xsetbv0};
 use axaddrspace::HostPhysAddr;
 
 use crate::regs::GeneralRegisters;
@@ -89,26 +90,6 @@ core::arch::global_asm!(
 
 unsafe extern "sysv64" {
     fn x86_vcpu_svm_run(vmcb_pa: u64, regs: *mut GeneralRegisters, host_save_pa: u64);
-}
-
-fn xgetbv0() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: only called when CR4.OSXSAVE is set, so XGETBV does not #UD.
-    unsafe {
-        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// # Safety
-///
-/// CPL 0, CR4.OSXSAVE set, `value` validated against CPUID leaf 0xD.
-unsafe fn xsetbv0(value: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
-            options(nomem, nostack));
-    }
 }
 
 /// Runs the guest of `vmcb` until the next #VMEXIT, switching XCR0 to

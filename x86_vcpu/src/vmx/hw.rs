@@ -24,6 +24,7 @@
 //! state (the host is soft-float), DR0-DR3, and the syscall MSRs (STAR,
 //! LSTAR, CSTAR, FMASK, KERNEL_GS_BASE), which hv-app does not use.
 
+use crate::xcr::{xgetbv0, xsetbv0};
 use axaddrspace::HostPhysAddr;
 
 use super::invalidate::{InveptType, InvvpidType};
@@ -131,26 +132,6 @@ unsafe extern "sysv64" {
 /// The address VM exits continue at (HOST_RIP).
 pub(crate) fn exit_stub_address() -> u64 {
     x86_vcpu_vmx_exit as *const () as usize as u64
-}
-
-fn xgetbv0() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: only called when CR4.OSXSAVE is set, so XGETBV does not #UD.
-    unsafe {
-        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// # Safety
-///
-/// CPL 0, CR4.OSXSAVE set, `value` validated against CPUID leaf 0xD.
-unsafe fn xsetbv0(value: u64) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
-            options(nomem, nostack));
-    }
 }
 
 fn read_cr4() -> u64 {
