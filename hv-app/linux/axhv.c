@@ -21,6 +21,9 @@
 #define pr_fmt(fmt) "axhv: " fmt
 
 #include <linux/atomic.h>
+#include <linux/cpu.h>
+#include <linux/gfp.h>
+#include <linux/uaccess.h>
 #include <linux/capability.h>
 #include <linux/cpumask.h>
 #include <linux/fs.h>
@@ -35,6 +38,8 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/smp.h>
+#include <asm/asm.h>
+#include <asm/extable_fixup_types.h>
 #include <asm/pgtable.h>
 #include <asm/tlbflush.h>
 
@@ -185,6 +190,8 @@ static void *axhv_map_exec(void)
 	return axhv_region;
 }
 
+static void axhv_destroy_all(void);
+
 /* ---- the all-CPU rendezvous ---- */
 
 struct axhv_rendezvous {
@@ -278,11 +285,278 @@ static int axhv_disable(void)
 
 	if (!axhv_enabled)
 		return -ENODEV;
+	axhv_destroy_all();
 	rv.leave = (axhv_leave_fn)(axhv_exec + axhv_entry.leave_offset);
 	stop_machine(axhv_leave_cpu, &rv, cpu_online_mask);
 	axhv_enabled = false;
 	pr_info("hypervisor disabled: Linux runs natively\n");
 	return 0;
+}
+
+/* ---- guest VMs: hypercalls, CPUs given up by Linux ---- */
+
+#define AXHV_MAX_VMS 16
+#define AXHV_MAX_VM_IMAGE (4UL << 20)	/* one physically contiguous buffer */
+#define AXHV_MAX_VM_CONFIG (64UL << 10)
+
+/* The CPU each VM holds (-1: none), by VM id. */
+static int axhv_vm_cpu[AXHV_MAX_VMS + 1];
+static bool axhv_vm_used[AXHV_MAX_VMS + 1];
+
+static long axhv_hypercall(unsigned long nr, unsigned long a0, unsigned long a1,
+			   unsigned long a2, unsigned long a3)
+{
+	register unsigned long r10 asm("r10") = a3;
+	long ret;
+
+	if (boot_cpu_data.x86_vendor == X86_VENDOR_INTEL)
+		asm volatile("vmcall" : "=a"(ret)
+			     : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10) : "memory");
+	else
+		asm volatile("vmmcall" : "=a"(ret)
+			     : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10) : "memory");
+	return ret;
+}
+
+static void axhv_offer_fn(void *data)
+{
+	*(long *)data = axhv_hypercall(AXHV_HC_CPU_OFFER, 0, 0, 0, 0);
+}
+
+static void axhv_rejoin_fn(void *data)
+{
+	axhv_entry_fn entry = (axhv_entry_fn)(axhv_exec + axhv_entry.entry_offset);
+
+	*(int *)data = entry(smp_processor_id(), hv_mem, hv_size);
+}
+
+/* CPU `cpu` came back from a guest VM (the hypervisor left it ready for
+ * INIT/SIPI): online it and enter the hypervisor on it again. */
+static int axhv_cpu_return(int cpu)
+{
+	int ret = add_cpu(cpu);
+	int entered = -EIO;
+
+	if (ret) {
+		pr_err("CPU %d: add_cpu failed (%d); it stays offline\n", cpu, ret);
+		return ret;
+	}
+	ret = smp_call_function_single(cpu, axhv_rejoin_fn, &entered, 1);
+	if (ret || entered) {
+		pr_err("CPU %d is online again but could not enter the hypervisor (%d/%d)\n",
+		       cpu, ret, entered);
+		return ret ? ret : entered;
+	}
+	pr_info("CPU %d back online, under the hypervisor again\n", cpu);
+	return 0;
+}
+
+/* The CPU a new VM gets: the highest online CPU but the boot CPU. */
+static int axhv_pick_cpu(void)
+{
+	int cpu = cpumask_last(cpu_online_mask);
+
+	if (num_online_cpus() < 2 || cpu <= 0 || cpu >= nr_cpu_ids)
+		return -EBUSY;
+	return cpu;
+}
+
+static long axhv_vm_create(void __user *uarg)
+{
+	struct axhv_vm_create a;
+	void *cfg = NULL, *img = NULL;
+	size_t cfg_size, img_size;
+	long id, ret, offered = -EIO;
+	int cpu;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	if (!axhv_enabled)
+		return -ENODEV;
+	if (!a.config.len || !a.image.len)
+		return -EINVAL;
+	if (a.config.len > AXHV_MAX_VM_CONFIG || a.image.len > AXHV_MAX_VM_IMAGE) {
+		pr_err("vm create: config %llu bytes (max %lu), image %llu bytes (max %lu)\n",
+		       a.config.len, AXHV_MAX_VM_CONFIG, a.image.len, AXHV_MAX_VM_IMAGE);
+		return -E2BIG;
+	}
+	cpu = axhv_pick_cpu();
+	if (cpu < 0) {
+		pr_err("vm create: no CPU to give the VM (Linux keeps its boot CPU; %u online)\n",
+		       num_online_cpus());
+		return cpu;
+	}
+	cfg_size = PAGE_ALIGN(a.config.len);
+	img_size = PAGE_ALIGN(a.image.len);
+	cfg = alloc_pages_exact(cfg_size, GFP_KERNEL);
+	img = alloc_pages_exact(img_size, GFP_KERNEL);
+	ret = -ENOMEM;
+	if (!cfg || !img)
+		goto out;
+	ret = -EFAULT;
+	if (copy_from_user(cfg, u64_to_user_ptr(a.config.ptr), a.config.len) ||
+	    copy_from_user(img, u64_to_user_ptr(a.image.ptr), a.image.len))
+		goto out;
+	id = axhv_hypercall(AXHV_HC_VM_CREATE, __pa(cfg), a.config.len, __pa(img), a.image.len);
+	if (id < 0) {
+		pr_err("vm create: the hypervisor refused the VM (%ld; see its console)\n", id);
+		ret = id;
+		goto out;
+	}
+	if (id > AXHV_MAX_VMS) {
+		axhv_hypercall(AXHV_HC_VM_DESTROY, id, 0, 0, 0);
+		ret = -ENOSPC;
+		goto out;
+	}
+	/* Give the VM a CPU: offer it, then offline it. */
+	ret = smp_call_function_single(cpu, axhv_offer_fn, &offered, 1);
+	if (ret || offered) {
+		pr_err("vm create: CPU %d could not be offered (%ld/%ld)\n", cpu, ret, offered);
+		axhv_hypercall(AXHV_HC_VM_DESTROY, id, 0, 0, 0);
+		ret = ret ? ret : offered;
+		goto out;
+	}
+	ret = remove_cpu(cpu);
+	if (ret) {
+		pr_err("vm create: offlining CPU %d failed (%ld)\n", cpu, ret);
+		axhv_hypercall(AXHV_HC_VM_DESTROY, id, 0, 0, 0);
+		goto out;
+	}
+	ret = axhv_hypercall(AXHV_HC_VM_START, id, cpu, 0, 0);
+	if (ret) {
+		pr_err("vm create: starting VM %ld on CPU %d failed (%ld)\n", id, cpu, ret);
+		axhv_hypercall(AXHV_HC_VM_DESTROY, id, 0, 0, 0);
+		if (!axhv_hypercall(AXHV_HC_CPU_RELEASE, cpu, 0, 0, 0))
+			axhv_cpu_return(cpu);
+		goto out;
+	}
+	axhv_vm_used[id] = true;
+	axhv_vm_cpu[id] = cpu;
+	pr_info("VM %ld created and started on CPU %d (offlined for it)\n", id, cpu);
+	a.id = id;
+	ret = copy_to_user(uarg, &a, sizeof(a)) ? -EFAULT : 0;
+out:
+	if (cfg)
+		free_pages_exact(cfg, cfg_size);
+	if (img)
+		free_pages_exact(img, img_size);
+	return ret;
+}
+
+static long axhv_vm_destroy_id(u32 id)
+{
+	long ret = axhv_hypercall(AXHV_HC_VM_DESTROY, id, 0, 0, 0);
+
+	if (ret < 0)
+		return ret;
+	if (id <= AXHV_MAX_VMS)
+		axhv_vm_used[id] = false;
+	pr_info("VM %u destroyed\n", id);
+	if (ret != AXHV_NO_CPU)
+		return axhv_cpu_return((int)ret);
+	return 0;
+}
+
+static long axhv_vm_destroy(void __user *uarg)
+{
+	u32 id;
+
+	if (copy_from_user(&id, uarg, sizeof(id)))
+		return -EFAULT;
+	if (!axhv_enabled)
+		return -ENODEV;
+	return axhv_vm_destroy_id(id);
+}
+
+/* Destroys every VM this module started (before disable). */
+static void axhv_destroy_all(void)
+{
+	u32 id;
+
+	for (id = 1; id <= AXHV_MAX_VMS; id++)
+		if (axhv_vm_used[id])
+			axhv_vm_destroy_id(id);
+}
+
+static long axhv_vm_list(void __user *uarg)
+{
+	struct axhv_buf b;
+	void *buf;
+	long n;
+
+	if (copy_from_user(&b, uarg, sizeof(b)))
+		return -EFAULT;
+	if (!axhv_enabled)
+		return -ENODEV;
+	if (b.len < 16 || b.len > (1UL << 20))
+		return -EINVAL;
+	buf = kzalloc(b.len, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	n = axhv_hypercall(AXHV_HC_VM_LIST, __pa(buf), b.len, 0, 0);
+	if (n > 0 && copy_to_user(u64_to_user_ptr(b.ptr), buf, min_t(u64, b.len, n * 16)))
+		n = -EFAULT;
+	kfree(buf);
+	return n;
+}
+
+static long axhv_vm_console(void __user *uarg)
+{
+	struct axhv_vm_console c;
+	void *buf;
+	long n;
+
+	if (copy_from_user(&c, uarg, sizeof(c)))
+		return -EFAULT;
+	if (!axhv_enabled)
+		return -ENODEV;
+	if (!c.buf.len || c.buf.len > (1UL << 20))
+		return -EINVAL;
+	buf = kzalloc(c.buf.len, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	n = axhv_hypercall(AXHV_HC_VM_CONSOLE_READ, c.id, __pa(buf), c.buf.len, 0);
+	if (n > 0 && copy_to_user(u64_to_user_ptr(c.buf.ptr), buf, n))
+		n = -EFAULT;
+	kfree(buf);
+	return n;
+}
+
+/* Reads a word with an exception-table fixup: a fault (#GP, #PF) makes it
+ * return -EFAULT instead of an oops. */
+static long axhv_probe_read(const void *addr, u64 *val)
+{
+	long err = 0;
+	u64 v = 0;
+
+	asm volatile("1: movq (%[addr]), %[v]\n"
+		     "2:\n"
+		     _ASM_EXTABLE_TYPE_REG(1b, 2b, EX_TYPE_EFAULT_REG, %[err])
+		     : [v] "+r"(v), [err] "+r"(err)
+		     : [addr] "r"(addr)
+		     : "memory");
+	*val = v;
+	return err;
+}
+
+/* Malformed hypercalls and a read of the hypervisor's memory by the root
+ * VM: each must come back as an error code, the hypervisor and Linux going
+ * on. */
+static long axhv_selftest(void __user *uarg)
+{
+	struct axhv_selftest t;
+	u64 word;
+
+	if (!axhv_enabled)
+		return -ENODEV;
+	t.bad_buffer = axhv_hypercall(AXHV_HC_VM_CREATE, hv_mem, 64, hv_mem + 4096, 4096);
+	t.unknown_nr = axhv_hypercall(0x7777, 0, 0, 0, 0);
+	t.bad_vm_id = axhv_hypercall(AXHV_HC_VM_START, 0, 1, 0, 0);
+	pr_info("selftest: reading the hypervisor's region at %#lx from the root VM\n", hv_mem + 0x1000);
+	t.hv_read = axhv_probe_read(axhv_region + 0x1000, &word);
+	pr_info("selftest: hypercall results %lld %lld %lld, read %lld\n",
+		t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read);
+	return copy_to_user(uarg, &t, sizeof(t)) ? -EFAULT : 0;
 }
 
 /* ---- ioctls ---- */
@@ -357,16 +631,21 @@ static long axhv_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	case AXHV_IOC_DISABLE:
 		ret = axhv_disable();
 		break;
+	/* VM commands are hypercalls of the root VM: -ENODEV when disabled. */
 	case AXHV_IOC_VM_CREATE:
+		ret = axhv_vm_create(uarg);
+		break;
 	case AXHV_IOC_VM_DESTROY:
+		ret = axhv_vm_destroy(uarg);
+		break;
 	case AXHV_IOC_VM_LIST:
+		ret = axhv_vm_list(uarg);
+		break;
 	case AXHV_IOC_VM_CONSOLE:
-		/*
-		 * VM commands are hypercalls of the root VM: without the
-		 * hypervisor there is nobody to ask. Forwarding them (and
-		 * offlining CPUs for guests) is not implemented yet.
-		 */
-		ret = axhv_enabled ? -ENOSYS : -ENODEV;
+		ret = axhv_vm_console(uarg);
+		break;
+	case AXHV_IOC_SELFTEST:
+		ret = axhv_selftest(uarg);
 		break;
 	default:
 		ret = -ENOTTY;

@@ -56,6 +56,13 @@ struct axhv_vm_console {	/* 24 bytes */
 	struct axhv_buf buf;
 };
 
+struct axhv_selftest {		/* 32 bytes: hypercall results, negative errno */
+	__s64 bad_buffer;	/* vm_create pointing into the hypervisor's region */
+	__s64 unknown_nr;	/* hypercall 0x7777 */
+	__s64 bad_vm_id;	/* vm_start of VM 0 */
+	__s64 hv_read;		/* the root VM reading the hypervisor's region */
+};
+
 #define AXHV_IOC_STATUS _IOR(AXHV_IOC_MAGIC, 0x00, struct axhv_status)
 #define AXHV_IOC_LOAD_IMAGE _IOW(AXHV_IOC_MAGIC, 0x01, struct axhv_buf)
 #define AXHV_IOC_ENABLE _IO(AXHV_IOC_MAGIC, 0x02)
@@ -64,6 +71,19 @@ struct axhv_vm_console {	/* 24 bytes */
 #define AXHV_IOC_VM_DESTROY _IOW(AXHV_IOC_MAGIC, 0x13, __u32)
 #define AXHV_IOC_VM_LIST _IOWR(AXHV_IOC_MAGIC, 0x14, struct axhv_buf)
 #define AXHV_IOC_VM_CONSOLE _IOWR(AXHV_IOC_MAGIC, 0x15, struct axhv_vm_console)
+#define AXHV_IOC_SELFTEST _IOR(AXHV_IOC_MAGIC, 0x20, struct axhv_selftest)
+
+/* Hypercall numbers (hv-app/src/hypercall.rs): RAX = number, arguments in
+ * RDI, RSI, RDX, R10; result in RAX, negative errno on failure. */
+#define AXHV_HC_VM_CREATE 0x10
+#define AXHV_HC_VM_START 0x11
+#define AXHV_HC_VM_STOP 0x12
+#define AXHV_HC_VM_DESTROY 0x13
+#define AXHV_HC_VM_LIST 0x14
+#define AXHV_HC_VM_CONSOLE_READ 0x15
+#define AXHV_HC_CPU_OFFER 0x20
+#define AXHV_HC_CPU_RELEASE 0x21
+#define AXHV_NO_CPU 0xffffffffUL
 
 /*
  * The Linux-entry header. A hypervisor image that can be entered from Linux

@@ -190,5 +190,10 @@ boot_stack_top:
 /// The first Rust code, called by the 64-bit boot code on the boot stack
 /// with the loader's EAX (`magic`) and EBX (`info`).
 extern "C" fn rust_entry(magic: u32, info: u32) -> ! {
-    crate::hv_main(magic, info)
+    let _ = crate::hv_main(crate::Entry::Multiboot {
+        magic,
+        info_addr: info,
+    });
+    // hv_main never returns from a Multiboot entry (it powers off).
+    crate::pio::power_off(hv_app::port::ExitCode::Failure)
 }

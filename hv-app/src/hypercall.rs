@@ -13,11 +13,13 @@
 //! | `0x01` | [`HC_STATE`] | - | [`STATE_ENABLED`] \| [`STATE_ROOT_VM`] (if the caller is the root VM) |
 //! | `0x02` | [`HC_DISABLE`] | - | 0; root VM only |
 //! | `0x10` | [`HC_VM_CREATE`] | config GPA, config len, image GPA, image len | new VM id; root VM only |
-//! | `0x11` | [`HC_VM_START`] | VM id | 0; root VM only |
+//! | `0x11` | [`HC_VM_START`] | VM id, physical CPU (one given with [`HC_CPU_OFFER`]) | 0; root VM only |
 //! | `0x12` | [`HC_VM_STOP`] | VM id | 0; root VM only |
-//! | `0x13` | [`HC_VM_DESTROY`] | VM id | 0; root VM only |
+//! | `0x13` | [`HC_VM_DESTROY`] | VM id | the physical CPU the VM held, or [`NO_CPU`]; root VM only |
 //! | `0x14` | [`HC_VM_LIST`] | buffer GPA, buffer len | number of VMs; [`VmListEntry`]s written |
 //! | `0x15` | [`HC_VM_CONSOLE_READ`] | VM id, buffer GPA, buffer len | bytes copied from the VM's console ring |
+//! | `0x20` | [`HC_CPU_OFFER`] | - | 0: the calling CPU becomes the hypervisor's once the root VM parks it (Linux offlines it); root VM only |
+//! | `0x21` | [`HC_CPU_RELEASE`] | physical CPU | 0: an offered CPU that holds no VM goes back to its reset state, for the root VM to start again; root VM only |
 //! | any other | | | `-ENOSYS` (`-38`) |
 //!
 //! Every argument is checked before anything is done ([`decode`],
@@ -25,9 +27,10 @@
 //! memory ([`check_buffer`], else `-EFAULT`), sizes are bounded
 //! ([`MAX_CONFIG_SIZE`], [`MAX_IMAGE_SIZE`], [`MAX_BUFFER_SIZE`], else
 //! `-E2BIG`), zero lengths and VM id 0 are `-EINVAL`, and only the root VM
-//! (Linux in Type-1.5) may manage VMs (`-EPERM`). The VM-management calls
-//! pass these checks and then return `-ENOSYS`: the VM table behind them is
-//! not implemented yet.
+//! (Linux in Type-1.5) may manage VMs (`-EPERM`). What is left after these
+//! checks goes to the hypervisor's VM table through [`VmControl`]
+//! ([`handle_root_call`]); where there is none (Type-1 guests, which are
+//! not root) the management calls cannot be made.
 
 /// Hypercall `0x00`: the ABI version.
 pub const HC_VERSION: u64 = 0x00;
@@ -48,6 +51,17 @@ pub const HC_VM_DESTROY: u64 = 0x13;
 pub const HC_VM_LIST: u64 = 0x14;
 /// Hypercall `0x15`: read (and consume) a VM's console ring into a buffer.
 pub const HC_VM_CONSOLE_READ: u64 = 0x15;
+
+/// Hypercall `0x20`: the calling CPU of the root VM is offered to the
+/// hypervisor; it takes it when the root VM parks it (Linux's CPU hotplug
+/// offlines it: `HLT` with interrupts off).
+pub const HC_CPU_OFFER: u64 = 0x20;
+/// Hypercall `0x21`: give back an offered CPU that holds no VM.
+pub const HC_CPU_RELEASE: u64 = 0x21;
+/// [`HC_VM_DESTROY`]'s result when the VM held no CPU.
+pub const NO_CPU: u64 = 0xffff_ffff;
+/// The largest physical CPU number a hypercall names.
+pub const MAX_CPU: u64 = 63;
 
 /// The hypercall ABI version: `major << 16 | minor` = 1.0.
 pub const ABI_VERSION: u64 = 0x0001_0000;
@@ -80,8 +94,14 @@ pub enum Errno {
     NoEnt = 2,
     /// `E2BIG` (7): a size above its bound.
     TooBig = 7,
+    /// `ENOEXEC` (8): the configuration or the image cannot make a VM.
+    NoExec = 8,
+    /// `ENOMEM` (12): the hypervisor's memory pool is exhausted.
+    NoMem = 12,
     /// `EFAULT` (14): a buffer outside the caller's memory.
     Fault = 14,
+    /// `EBUSY` (16): the VM or CPU is not in a state that allows the call.
+    Busy = 16,
     /// `EINVAL` (22): a malformed argument (zero length, VM id 0).
     Inval = 22,
     /// `ENOSYS` (38): unknown number, or a call not implemented yet.
@@ -100,7 +120,10 @@ impl Errno {
             1 => Self::Perm,
             2 => Self::NoEnt,
             7 => Self::TooBig,
+            8 => Self::NoExec,
+            12 => Self::NoMem,
             14 => Self::Fault,
+            16 => Self::Busy,
             22 => Self::Inval,
             38 => Self::NoSys,
             _ => return None,
@@ -129,6 +152,10 @@ pub enum Hypercall {
     VmList,
     /// [`HC_VM_CONSOLE_READ`].
     VmConsoleRead,
+    /// [`HC_CPU_OFFER`].
+    CpuOffer,
+    /// [`HC_CPU_RELEASE`].
+    CpuRelease,
     /// A number the ABI does not define.
     Unknown(u64),
 }
@@ -146,6 +173,8 @@ impl Hypercall {
             HC_VM_DESTROY => Self::VmDestroy,
             HC_VM_LIST => Self::VmList,
             HC_VM_CONSOLE_READ => Self::VmConsoleRead,
+            HC_CPU_OFFER => Self::CpuOffer,
+            HC_CPU_RELEASE => Self::CpuRelease,
             other => Self::Unknown(other),
         }
     }
@@ -162,6 +191,8 @@ impl Hypercall {
             Self::VmDestroy => "vm_destroy",
             Self::VmList => "vm_list",
             Self::VmConsoleRead => "vm_console_read",
+            Self::CpuOffer => "cpu_offer",
+            Self::CpuRelease => "cpu_release",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -172,13 +203,21 @@ impl Hypercall {
     }
 }
 
+/// [`VmListEntry::state`]: created, not started.
+pub const VM_CREATED: u32 = 0;
+/// [`VmListEntry::state`]: running on its CPU.
+pub const VM_RUNNING: u32 = 1;
+/// [`VmListEntry::state`]: ended (exited, powered off or stopped); its CPU
+/// waits for [`HC_VM_DESTROY`].
+pub const VM_ENDED: u32 = 2;
+
 /// One entry [`HC_VM_LIST`] writes: 16 bytes, little endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct VmListEntry {
     /// The VM id (1, 2, ...).
     pub id: u32,
-    /// 0 created, 1 running, 2 stopped.
+    /// [`VM_CREATED`], [`VM_RUNNING`] or [`VM_ENDED`].
     pub state: u32,
     /// Bit `n` set: the VM holds physical CPU `n`.
     pub cpus: u64,
@@ -291,8 +330,13 @@ pub enum Request {
         /// The kernel image.
         image: Buffer,
     },
-    /// [`HC_VM_START`].
-    VmStart(u32),
+    /// [`HC_VM_START`]: the VM and the physical CPU it gets.
+    VmStart {
+        /// The VM id.
+        id: u32,
+        /// The physical CPU (offered with [`HC_CPU_OFFER`]).
+        cpu: u32,
+    },
     /// [`HC_VM_STOP`].
     VmStop(u32),
     /// [`HC_VM_DESTROY`].
@@ -306,6 +350,19 @@ pub enum Request {
         /// Where the bytes go.
         buf: Buffer,
     },
+    /// [`HC_CPU_OFFER`].
+    CpuOffer,
+    /// [`HC_CPU_RELEASE`]: the CPU.
+    CpuRelease(u32),
+}
+
+/// Checks a physical CPU argument: at most [`MAX_CPU`] (`-EINVAL`).
+pub fn check_cpu(cpu: u64) -> Result<u32, Errno> {
+    if cpu <= MAX_CPU {
+        Ok(cpu as u32)
+    } else {
+        Err(Errno::Inval)
+    }
 }
 
 /// Decodes hypercall `nr` with arguments `args` (RDI, RSI, RDX, R10, R8,
@@ -322,7 +379,10 @@ pub fn decode(nr: u64, args: &[u64; 6]) -> Result<Request, Errno> {
             config: buf(args[0], args[1]),
             image: buf(args[2], args[3]),
         },
-        Hypercall::VmStart => Request::VmStart(check_vm_id(args[0])?),
+        Hypercall::VmStart => Request::VmStart {
+            id: check_vm_id(args[0])?,
+            cpu: check_cpu(args[1])?,
+        },
         Hypercall::VmStop => Request::VmStop(check_vm_id(args[0])?),
         Hypercall::VmDestroy => Request::VmDestroy(check_vm_id(args[0])?),
         Hypercall::VmList => Request::VmList(buf(args[0], args[1])),
@@ -330,6 +390,8 @@ pub fn decode(nr: u64, args: &[u64; 6]) -> Result<Request, Errno> {
             id: check_vm_id(args[0])?,
             buf: buf(args[1], args[2]),
         },
+        Hypercall::CpuOffer => Request::CpuOffer,
+        Hypercall::CpuRelease => Request::CpuRelease(check_cpu(args[0])?),
         Hypercall::Unknown(_) => return Err(Errno::NoSys),
     })
 }
@@ -342,11 +404,13 @@ impl Request {
             Self::State => Hypercall::State,
             Self::Disable => Hypercall::Disable,
             Self::VmCreate { .. } => Hypercall::VmCreate,
-            Self::VmStart(_) => Hypercall::VmStart,
+            Self::VmStart { .. } => Hypercall::VmStart,
             Self::VmStop(_) => Hypercall::VmStop,
             Self::VmDestroy(_) => Hypercall::VmDestroy,
             Self::VmList(_) => Hypercall::VmList,
             Self::VmConsoleRead { .. } => Hypercall::VmConsoleRead,
+            Self::CpuOffer => Hypercall::CpuOffer,
+            Self::CpuRelease(_) => Hypercall::CpuRelease,
         }
     }
 
@@ -376,13 +440,45 @@ impl Request {
     }
 }
 
-/// What hypercall `nr` with arguments `args` from `caller` returns in RAX.
-///
-/// Decodes and checks every argument; the version and state queries are
-/// answered; the calls that need the VM table (create, start, stop,
-/// destroy, list, console, disable) return `-ENOSYS` after their checks
-/// pass: they are not implemented yet.
-pub fn handle_call(caller: &Caller<'_>, nr: u64, args: &[u64; 6]) -> u64 {
+/// The hypervisor's VM table as the root VM's management calls see it.
+/// [`handle_root_call`] calls it only with requests that passed
+/// [`decode`] and [`Request::check`] (buffers inside the caller's memory,
+/// sizes bounded, ids nonzero).
+pub trait VmControl {
+    /// [`HC_VM_CREATE`]: builds a VM from the binary configuration and the
+    /// image; returns its id.
+    fn create(&mut self, config: Buffer, image: Buffer) -> Result<u32, Errno>;
+    /// [`HC_VM_START`]: runs VM `id` on physical CPU `cpu`.
+    fn start(&mut self, id: u32, cpu: u32) -> Result<(), Errno>;
+    /// [`HC_VM_STOP`]: stops VM `id` (its CPU stays the hypervisor's
+    /// until [`HC_VM_DESTROY`]).
+    fn stop(&mut self, id: u32) -> Result<(), Errno>;
+    /// [`HC_VM_DESTROY`]: ends VM `id` if needed and frees it; returns the
+    /// CPU it held (back in its reset state) or [`NO_CPU`].
+    fn destroy(&mut self, id: u32) -> Result<u64, Errno>;
+    /// [`HC_VM_LIST`]: writes [`VmListEntry`]s to `buf`; returns how many
+    /// VMs there are.
+    fn list(&mut self, buf: Buffer) -> Result<u64, Errno>;
+    /// [`HC_VM_CONSOLE_READ`]: moves console bytes of VM `id` to `buf`;
+    /// returns how many.
+    fn console_read(&mut self, id: u32, buf: Buffer) -> Result<u64, Errno>;
+    /// [`HC_CPU_OFFER`]: the calling CPU is offered.
+    fn cpu_offer(&mut self) -> Result<(), Errno>;
+    /// [`HC_CPU_RELEASE`]: an offered CPU without a VM goes back.
+    fn cpu_release(&mut self, cpu: u32) -> Result<(), Errno>;
+}
+
+/// What hypercall `nr` with arguments `args` from `caller` returns in RAX
+/// when the hypervisor has a VM table: decodes and checks every argument,
+/// answers the version and state queries and hands the management calls
+/// to `ctl`. [`HC_DISABLE`] is not made through here (each CPU leaves on
+/// its own path), so it is `-ENOSYS`.
+pub fn handle_root_call(
+    caller: &Caller<'_>,
+    nr: u64,
+    args: &[u64; 6],
+    ctl: &mut dyn VmControl,
+) -> u64 {
     let req = match decode(nr, args) {
         Ok(r) => r,
         Err(e) => return e.to_rax(),
@@ -390,11 +486,60 @@ pub fn handle_call(caller: &Caller<'_>, nr: u64, args: &[u64; 6]) -> u64 {
     if let Err(e) = req.check(caller) {
         return e.to_rax();
     }
-    match req {
-        Request::Version => ABI_VERSION,
-        Request::State => STATE_ENABLED | if caller.is_root { STATE_ROOT_VM } else { 0 },
-        _ => Errno::NoSys.to_rax(),
+    let result = match req {
+        Request::Version => Ok(ABI_VERSION),
+        Request::State => Ok(STATE_ENABLED | if caller.is_root { STATE_ROOT_VM } else { 0 }),
+        Request::Disable => Err(Errno::NoSys),
+        Request::VmCreate { config, image } => ctl.create(config, image).map(u64::from),
+        Request::VmStart { id, cpu } => ctl.start(id, cpu).map(|()| 0),
+        Request::VmStop(id) => ctl.stop(id).map(|()| 0),
+        Request::VmDestroy(id) => ctl.destroy(id),
+        Request::VmList(buf) => ctl.list(buf),
+        Request::VmConsoleRead { id, buf } => ctl.console_read(id, buf),
+        Request::CpuOffer => ctl.cpu_offer().map(|()| 0),
+        Request::CpuRelease(cpu) => ctl.cpu_release(cpu).map(|()| 0),
+    };
+    result.unwrap_or_else(Errno::to_rax)
+}
+
+/// A [`VmControl`] without a VM table: every management call is
+/// `-ENOSYS`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoVms;
+
+impl VmControl for NoVms {
+    fn create(&mut self, _: Buffer, _: Buffer) -> Result<u32, Errno> {
+        Err(Errno::NoSys)
     }
+    fn start(&mut self, _: u32, _: u32) -> Result<(), Errno> {
+        Err(Errno::NoSys)
+    }
+    fn stop(&mut self, _: u32) -> Result<(), Errno> {
+        Err(Errno::NoSys)
+    }
+    fn destroy(&mut self, _: u32) -> Result<u64, Errno> {
+        Err(Errno::NoSys)
+    }
+    fn list(&mut self, _: Buffer) -> Result<u64, Errno> {
+        Err(Errno::NoSys)
+    }
+    fn console_read(&mut self, _: u32, _: Buffer) -> Result<u64, Errno> {
+        Err(Errno::NoSys)
+    }
+    fn cpu_offer(&mut self) -> Result<(), Errno> {
+        Err(Errno::NoSys)
+    }
+    fn cpu_release(&mut self, _: u32) -> Result<(), Errno> {
+        Err(Errno::NoSys)
+    }
+}
+
+/// What hypercall `nr` with arguments `args` from `caller` returns in RAX
+/// without a VM table ([`NoVms`]): decodes and checks every argument; the
+/// version and state queries are answered, the management calls return
+/// `-ENOSYS` after their checks pass.
+pub fn handle_call(caller: &Caller<'_>, nr: u64, args: &[u64; 6]) -> u64 {
+    handle_root_call(caller, nr, args, &mut NoVms)
 }
 
 /// What hypercall `nr` with arguments `args` returns in RAX for a guest VM
@@ -443,7 +588,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_return_minus_enosys() {
-        for nr in [3, 7, 0xf, 0x16, 0xdead, u64::MAX] {
+        for nr in [3, 7, 0xf, 0x16, 0x22, 0xdead, u64::MAX] {
             let r = handle(nr, &[0; 6]);
             assert_eq!(r, 0xffff_ffff_ffff_ffda, "nr {nr:#x}");
             assert_eq!(r as i64, -38);
@@ -471,6 +616,12 @@ mod tests {
         ] {
             assert_eq!(Errno::from_rax(e.to_rax()), Some(e));
         }
+        assert_eq!(Errno::NoExec.to_rax() as i64, -8);
+        assert_eq!(Errno::NoMem.to_rax() as i64, -12);
+        assert_eq!(Errno::Busy.to_rax() as i64, -16);
+        for e in [Errno::NoExec, Errno::NoMem, Errno::Busy] {
+            assert_eq!(Errno::from_rax(e.to_rax()), Some(e));
+        }
         assert_eq!(Errno::from_rax(0), None);
         assert_eq!(Errno::from_rax(ABI_VERSION), None);
     }
@@ -490,6 +641,8 @@ mod tests {
             HC_VM_START,
             HC_VM_STOP,
             HC_VM_DESTROY,
+            HC_CPU_OFFER,
+            HC_CPU_RELEASE,
         ] {
             assert_eq!(as_err(handle(nr, &[1; 6])), Some(Errno::Perm), "{nr:#x}");
         }
@@ -572,6 +725,19 @@ mod tests {
             as_err(handle_call(&r, HC_VM_START, &[0; 6])),
             Some(Errno::Inval)
         );
+        // A CPU number above MAX_CPU.
+        assert_eq!(
+            as_err(handle_call(&r, HC_VM_START, &[1, 64, 0, 0, 0, 0])),
+            Some(Errno::Inval)
+        );
+        assert_eq!(
+            decode(HC_VM_START, &[3, 1, 0, 0, 0, 0]),
+            Ok(Request::VmStart { id: 3, cpu: 1 })
+        );
+        assert_eq!(
+            as_err(handle_call(&r, HC_CPU_RELEASE, &[99, 0, 0, 0, 0, 0])),
+            Some(Errno::Inval)
+        );
         assert_eq!(
             decode(HC_VM_CONSOLE_READ, &[2, 0x1000, 64, 0, 0, 0]),
             Ok(Request::VmConsoleRead {
@@ -600,5 +766,101 @@ mod tests {
             e.to_bytes(),
             [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
+    }
+
+    /// Records what reaches the VM table.
+    #[derive(Default)]
+    struct Recorder {
+        calls: std::vec::Vec<std::string::String>,
+    }
+
+    impl VmControl for Recorder {
+        fn create(&mut self, c: Buffer, i: Buffer) -> Result<u32, Errno> {
+            self.calls.push(std::format!("create {c:x?} {i:x?}"));
+            Ok(1)
+        }
+        fn start(&mut self, id: u32, cpu: u32) -> Result<(), Errno> {
+            self.calls.push(std::format!("start {id} {cpu}"));
+            if cpu == 0 { Err(Errno::Busy) } else { Ok(()) }
+        }
+        fn stop(&mut self, id: u32) -> Result<(), Errno> {
+            self.calls.push(std::format!("stop {id}"));
+            Err(Errno::NoEnt)
+        }
+        fn destroy(&mut self, id: u32) -> Result<u64, Errno> {
+            self.calls.push(std::format!("destroy {id}"));
+            Ok(1)
+        }
+        fn list(&mut self, b: Buffer) -> Result<u64, Errno> {
+            self.calls.push(std::format!("list {:#x}", b.len));
+            Ok(2)
+        }
+        fn console_read(&mut self, id: u32, b: Buffer) -> Result<u64, Errno> {
+            self.calls.push(std::format!("console {id} {:#x}", b.len));
+            Ok(5)
+        }
+        fn cpu_offer(&mut self) -> Result<(), Errno> {
+            self.calls.push("offer".into());
+            Ok(())
+        }
+        fn cpu_release(&mut self, cpu: u32) -> Result<(), Errno> {
+            self.calls.push(std::format!("release {cpu}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn root_calls_reach_the_vm_table_only_after_their_checks() {
+        let r = root();
+        let mut t = Recorder::default();
+        let mut call =
+            |nr, a: [u64; 3]| handle_root_call(&r, nr, &[a[0], a[1], a[2], 0, 0, 0], &mut t);
+        // A config buffer in the hypervisor's memory: refused before the table.
+        assert_eq!(
+            as_err(call(HC_VM_CREATE, [0x4000_0000, 0x100, 0x30_0000])),
+            Some(Errno::Fault)
+        );
+        assert_eq!(as_err(call(HC_VM_START, [0, 1, 0])), Some(Errno::Inval));
+        assert_eq!(
+            as_err(call(HC_VM_CONSOLE_READ, [1, 0x1000, 0])),
+            Some(Errno::Inval)
+        );
+        assert_eq!(call(0x99, [0; 3]) as i64, -38);
+        assert_eq!(call(HC_DISABLE, [0; 3]) as i64, -38);
+        // Valid calls get the table's answers, errors negated.
+        assert_eq!(call(HC_VM_START, [1, 1, 0]), 0);
+        assert_eq!(as_err(call(HC_VM_START, [1, 0, 0])), Some(Errno::Busy));
+        assert_eq!(as_err(call(HC_VM_STOP, [2, 0, 0])), Some(Errno::NoEnt));
+        assert_eq!(call(HC_VM_DESTROY, [2, 0, 0]), 1);
+        assert_eq!(call(HC_VM_LIST, [0x1000, 32, 0]), 2);
+        assert_eq!(call(HC_VM_CONSOLE_READ, [1, 0x1000, 64]), 5);
+        assert_eq!(call(HC_CPU_OFFER, [0; 3]), 0);
+        assert_eq!(call(HC_CPU_RELEASE, [1, 0, 0]), 0);
+        assert_eq!(call(HC_VERSION, [0; 3]), ABI_VERSION);
+        assert_eq!(
+            t.calls,
+            [
+                "start 1 1",
+                "start 1 0",
+                "stop 2",
+                "destroy 2",
+                "list 0x20",
+                "console 1 0x40",
+                "offer",
+                "release 1",
+            ]
+        );
+        // A guest VM (not root) never reaches the table.
+        let mut t2 = Recorder::default();
+        let g = Caller::GUEST;
+        assert_eq!(
+            as_err(handle_root_call(&g, HC_VM_DESTROY, &[1; 6], &mut t2)),
+            Some(Errno::Perm)
+        );
+        assert_eq!(
+            as_err(handle_root_call(&g, HC_CPU_OFFER, &[0; 6], &mut t2)),
+            Some(Errno::Perm)
+        );
+        assert!(t2.calls.is_empty());
     }
 }

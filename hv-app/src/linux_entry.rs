@@ -45,8 +45,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use x86_vcpu::svm::{InterceptMisc1, InterceptMisc2, Vmcb, VmcbSegment};
 
-/// CPUs the Linux entry supports.
-const MAX_CPUS: usize = 8;
+use crate::linux_vms::{self, CpuState, MAX_CPUS};
 /// Host stack per CPU.
 const STACK_SIZE: usize = 32 * 1024;
 /// Private hypercall number of `leave` (outside the public ABI's range).
@@ -56,6 +55,7 @@ const EINVAL: i64 = -22;
 const EIO: i64 = -5;
 const EOPNOTSUPP: i64 = -95;
 const EPERM: i64 = -1;
+const ENOMEM: i64 = -12;
 
 #[repr(C, align(4096))]
 struct Table([u64; 512]);
@@ -321,6 +321,8 @@ axhv_svm_run:
 );
 
 unsafe extern "C" {
+    /// End of the image, `.bss` included (linker-linux.ld).
+    static __image_end: u8;
     fn axhv_svm_run(vmcb_pa: u64, gprs: *mut [u64; 16]);
     fn axhv_leave_native(state_linux_va: u64) -> !;
     static axhv_linux_leave: u8;
@@ -335,7 +337,8 @@ fn rdmsr(msr: u32) -> u64 {
 }
 
 fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: callers write EFER (adding SVME) and VM_HSAVE_PA only.
+    // SAFETY: callers write EFER (SVME only), VM_HSAVE_PA and the x2APIC
+    // ICR (an IPI the hypervisor sends).
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
              options(nostack))
@@ -347,40 +350,12 @@ fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 
-fn serial_byte(b: u8) {
-    for _ in 0..100_000 {
-        let lsr: u8;
-        // SAFETY: reading the COM1 line status register.
-        unsafe { asm!("in al, dx", in("dx") 0x3fdu16, out("al") lsr, options(nostack)) };
-        if lsr & 0x20 != 0 {
-            break;
-        }
-    }
-    // SAFETY: writing a byte to COM1's transmit register.
-    unsafe { asm!("out dx, al", in("dx") 0x3f8u16, in("al") b, options(nostack)) };
-}
-
-struct Serial;
-
-impl core::fmt::Write for Serial {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for b in s.bytes() {
-            if b == b'\n' {
-                serial_byte(b'\r');
-            }
-            serial_byte(b);
-        }
-        Ok(())
-    }
-}
-
-/// Serializes the CPUs' report lines on COM1.
-static REPORT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
-
+/// A hypervisor line: held back and written to COM1 (Linux's console
+/// too) only where Linux cannot print at the same time (see
+/// `console::flush_deferred`).
 macro_rules! report {
     ($($arg:tt)*) => {{
-        let _guard = REPORT_LOCK.lock();
-        let _ = core::fmt::Write::write_fmt(&mut Serial, format_args!($($arg)*));
+        print!($($arg)*);
     }};
 }
 
@@ -482,16 +457,38 @@ extern "C" fn linux_cpu_enter(
         report!("axhv: cpu{cpu}: SVM disabled by the firmware (VM_CR.SVMDIS)\n");
         return EPERM;
     }
+    // The first CPU in builds the root VM's nested page table and runs
+    // hv_main (frame allocator and heap over the rest of the region, the VM
+    // table); the others wait for it. A CPU coming back after a guest VM
+    // (Linux onlined it again) finds everything done.
     if NPT_STATE
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
         build_npt(region, size);
-        NPT_STATE.store(2, Ordering::Release);
+        let image_end = (&raw const __image_end) as u64;
+        crate::console::defer_output();
+        let ok = crate::hv_main(crate::Entry::Linux {
+            region,
+            size,
+            image_end,
+        });
+        // In the all-CPU rendezvous of enable: Linux prints nothing now.
+        crate::console::flush_deferred();
+        NPT_STATE.store(if ok.is_ok() { 2 } else { 3 }, Ordering::Release);
     }
-    while NPT_STATE.load(Ordering::Acquire) != 2 {
-        core::hint::spin_loop();
+    loop {
+        match NPT_STATE.load(Ordering::Acquire) {
+            2 => break,
+            3 => {
+                report!("axhv: cpu{cpu}: hypervisor setup failed; staying native\n");
+                crate::console::flush_deferred();
+                return ENOMEM;
+            }
+            _ => core::hint::spin_loop(),
+        }
     }
+    linux_vms::set_apic_id(cpu, apic_id());
 
     let efer = rdmsr(0xc000_0080) | (1 << 12);
     wrmsr(0xc000_0080, efer);
@@ -535,10 +532,12 @@ extern "C" fn linux_cpu_enter(
         let code = vmcb.control.exit_code;
         if first && code == u64::MAX {
             report!("axhv: cpu{cpu}: VMRUN refused the Linux state (VMEXIT_INVALID)\n");
+            crate::console::flush_deferred();
             wrmsr(0xc000_0080, efer & !(1 << 12));
             return EIO;
         }
         if first {
+            linux_vms::set_cpu_state(cpu, CpuState::Root);
             report!("axhv: cpu{cpu}: Linux runs as the root VM\n");
             first = false;
         }
@@ -633,6 +632,7 @@ fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
 
 /// SVM exit codes handled here (APM vol. 2 appendix C).
 const EXIT_CPUID: u64 = 0x72;
+const EXIT_HLT: u64 = 0x78;
 const EXIT_SHUTDOWN: u64 = 0x7f;
 const EXIT_VMRUN: u64 = 0x80;
 const EXIT_VMMCALL: u64 = 0x81;
@@ -679,13 +679,26 @@ fn handle_exit(cpu: usize, v: &mut Vmcb, gprs: &mut [u64; 16]) {
                 (-38i64) as u64
             } else {
                 let args = [gprs[7], gprs[6], gprs[2], gprs[10], gprs[8], gprs[9]];
-                let root = hv_app::hypercall::Caller {
-                    is_root: true,
-                    memory: &[],
-                };
-                hv_app::hypercall::handle_call(&root, nr, &args)
+                linux_vms::hypercall(cpu, nr, &args)
             };
+            if linux_vms::cpu_state(cpu) == CpuState::Offered {
+                // Offered for a guest VM: Linux's last HLT (interrupts off,
+                // the CPU offlined) hands it over.
+                v.control.intercept_misc1 |= InterceptMisc1::HLT.bits();
+            }
+            // Linux on this CPU waits for the hypercall: the hypervisor's
+            // held-back lines go out now, whole.
+            crate::console::flush_deferred();
             advance(v, 3);
+        }
+        EXIT_HLT => {
+            if v.save.rflags & (1 << 9) == 0 && linux_vms::cpu_state(cpu) == CpuState::Offered {
+                report!("axhv: cpu{cpu}: offlined by Linux: now the hypervisor's\n");
+                linux_vms::park(cpu);
+            }
+            // An idle HLT while the CPU is being offlined: Linux's idle
+            // loop polls instead for that short time.
+            advance(v, 1);
         }
         EXIT_NPF if v.control.exit_info_2 == (&raw const axhv_linux_leave) as u64 => {
             // The module called `leave` (disable or roll back): its code
@@ -730,6 +743,9 @@ fn handle_exit(cpu: usize, v: &mut Vmcb, gprs: &mut [u64; 16]) {
 /// and VMRUN/#VMEXIT leave the rest alone (no VMLOAD/VMSAVE here).
 fn leave_native(cpu: usize, v: &Vmcb, gprs: &[u64; 16], rip: u64, rsp: u64) -> ! {
     report!("axhv: cpu{cpu}: leaving: Linux runs natively again\n");
+    linux_vms::set_cpu_state(cpu, CpuState::Absent);
+    // Disable runs in the all-CPU rendezvous: Linux prints nothing now.
+    crate::console::flush_deferred();
     let state = [
         v.save.cr3,
         rsp,
@@ -764,7 +780,58 @@ fn leave_native(cpu: usize, v: &Vmcb, gprs: &[u64; 16], rip: u64, rsp: u64) -> !
     f(state_va.wrapping_sub(delta))
 }
 
+/// This CPU's local APIC id (x2APIC: CPUID 0Bh EDX; xAPIC: CPUID 1
+/// EBX[31:24]).
+fn apic_id() -> u32 {
+    if rdmsr(0x1b) & (1 << 10) != 0 {
+        cpuid(0xb, 0)[3]
+    } else {
+        cpuid(1, 0)[1] >> 24
+    }
+}
+
+/// Sends a fixed IPI with `vector` to the CPU with local APIC id
+/// `apic_id`, through the local APIC in the mode Linux put it in.
+pub(crate) fn send_ipi(apic_id: u32, vector: u32) {
+    let base = rdmsr(0x1b);
+    if base & (1 << 10) != 0 {
+        wrmsr(0x830, (u64::from(apic_id) << 32) | u64::from(vector));
+    } else {
+        let mmio = base & 0x000f_ffff_ffff_f000;
+        // SAFETY: the xAPIC page, identity mapped by the hypervisor's page
+        // table; ICR high then low (destination, then vector: fixed,
+        // physical, assert) sends the IPI.
+        unsafe {
+            core::ptr::write_volatile((mmio + 0x310) as *mut u32, apic_id << 24);
+            core::ptr::write_volatile((mmio + 0x300) as *mut u32, vector | (1 << 14));
+        }
+    }
+}
+
+/// Leaves SVM on this CPU and halts with interrupts off until Linux's
+/// INIT/SIPI (`add_cpu()`) starts it again; the module then enters the
+/// hypervisor on it as at enable.
+pub(crate) fn wait_for_init(cpu: usize) -> ! {
+    let efer = rdmsr(0xc000_0080);
+    if efer & (1 << 12) != 0 {
+        wrmsr(0xc001_0117, 0);
+        // SAFETY: SVM is on (STGI needs it): GIF back to 1 with RFLAGS.IF =
+        // 0, so that INIT is taken (it is held while GIF = 0); interrupts
+        // stay off. (With SVM already off, the guest VM's runner left GIF
+        // at 1.)
+        unsafe { asm!("cli", "stgi", options(nostack)) };
+        wrmsr(0xc000_0080, efer & !(1 << 12));
+    }
+    linux_vms::set_cpu_state(cpu, CpuState::Reset);
+    report!("axhv: cpu{cpu}: ready to be started again by Linux\n");
+    loop {
+        // SAFETY: interrupts off: only INIT (Linux's add_cpu) ends this.
+        unsafe { asm!("cli; hlt", options(nostack)) };
+    }
+}
+
 fn halt() -> ! {
+    crate::console::flush_deferred();
     loop {
         // SAFETY: parks this CPU (GIF is 0 after #VMEXIT: nothing wakes it).
         unsafe { asm!("cli; hlt", options(nostack)) };

@@ -31,6 +31,8 @@ mod lapic;
 #[cfg(target_os = "none")]
 mod linux_entry;
 #[cfg(target_os = "none")]
+mod linux_vms;
+#[cfg(target_os = "none")]
 mod mem;
 #[cfg(target_os = "none")]
 mod panic;
@@ -47,10 +49,64 @@ mod tsc;
 #[cfg(target_os = "none")]
 mod vmm;
 
-/// The common main of every boot entry: `magic` and `info_addr` are the
-/// Multiboot loader's EAX and EBX.
+/// How hv-app was entered.
 #[cfg(target_os = "none")]
-fn hv_main(magic: u32, info_addr: u32) -> ! {
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    /// Booted by a Multiboot loader (Type-1): its EAX and EBX.
+    Multiboot {
+        /// The loader's magic (EAX).
+        magic: u32,
+        /// The Multiboot information's address (EBX).
+        info_addr: u32,
+    },
+    /// Entered from Linux by the `axhv` module (Type-1.5), on the first CPU
+    /// to arrive: the reserved region the image runs in.
+    Linux {
+        /// Physical base of the region.
+        region: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// The end of the image (`.bss` included): the pool starts here.
+        image_end: u64,
+    },
+}
+
+/// The common main of both entries: console and log, the frame allocator
+/// and heap (over the Multiboot memory map, or over the rest of Linux's
+/// reserved region), then either the boot modules' VMs (Type-1, never
+/// returns: it powers off) or the VM table that the root VM's hypercalls
+/// manage (Type-1.5, returns so that the calling CPU resumes Linux as the
+/// root VM).
+#[cfg(target_os = "none")]
+fn hv_main(entry: Entry) -> Result<(), &'static str> {
+    let (magic, info_addr) = match entry {
+        Entry::Multiboot { magic, info_addr } => (magic, info_addr),
+        Entry::Linux {
+            region,
+            size,
+            image_end,
+        } => {
+            // Linux programmed COM1 already (its ttyS0): only the logger.
+            console::init_logger(log::LevelFilter::Info);
+            println!(
+                "axhv hv-app {} (Linux entry, region {region:#x}+{size:#x})",
+                env!("CARGO_PKG_VERSION")
+            );
+            let setup =
+                mem::init_region(image_end.next_multiple_of(4096), region + size).map_err(|e| {
+                    println!("axhv: memory setup failed: {e}");
+                    "memory setup failed"
+                })?;
+            let (free, _) = mem::frame_counts();
+            println!(
+                "axhv: pool {} MiB free, heap {} MiB",
+                free >> 8,
+                setup.heap.len() >> 20
+            );
+            return linux_vms::init(region, size);
+        }
+    };
     use hv_app::cmdline::CrashTest;
     use hv_app::multiboot::BootInfo;
     use hv_app::port::ExitCode;

@@ -113,6 +113,40 @@ pub fn init(boot: &BootInfo, mem: &IdentityMapped) -> Result<MemorySetup> {
     })
 }
 
+/// Builds the frame allocator over one range `[start, end)` of memory that
+/// is the hypervisor's alone (Type-1.5: the region Linux reserved, after
+/// the image), places its bitmap there and gives the heap min(16 MiB, 1/8
+/// of the frames). Call once per load of the image.
+pub fn init_region(start: u64, end: u64) -> Result<MemorySetup> {
+    let mut usable: RangeSet<MAX_RANGES> = RangeSet::default();
+    usable.insert(PhysRange::new(start, end)?)?;
+    usable.align_inward(FRAME_SIZE)?;
+    let words = FrameAllocator::bitmap_words(&usable);
+    let bitmap_bytes = (words as u64 * 8).next_multiple_of(FRAME_SIZE);
+    let bitmap_addr = usable.take(bitmap_bytes, FRAME_SIZE)?;
+    // SAFETY: `take` removed these frames from the region, which belongs
+    // to the hypervisor alone and is identity mapped by its page table.
+    let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap_addr as *mut u64, words) };
+    let ranges = usable.len();
+    let mut frames = FrameAllocator::new(bitmap, usable)?;
+    let heap_frames = (HEAP_MAX / FRAME_SIZE).min(frames.total_frames() / 8);
+    let heap_addr = frames
+        .alloc(heap_frames as usize, 1)
+        .ok_or(Error::OutOfMemory {
+            bytes: heap_frames * FRAME_SIZE,
+        })?;
+    let heap = PhysRange::with_len(heap_addr, heap_frames * FRAME_SIZE)?;
+    // SAFETY: frames just allocated for the heap and never freed, identity
+    // mapped.
+    unsafe { HEAP.init(heap.start as usize, heap.len() as usize)? };
+    *FRAMES.lock() = Some(frames);
+    Ok(MemorySetup {
+        ranges,
+        bitmap: PhysRange::with_len(bitmap_addr, bitmap_bytes)?,
+        heap,
+    })
+}
+
 /// Allocates `count` contiguous frames aligned to `align` frames; `None`
 /// when out of memory or before [`init`].
 pub fn alloc_frames(count: usize, align: usize) -> Option<u64> {

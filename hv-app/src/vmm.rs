@@ -33,7 +33,7 @@ use crate::phys::IdentityMapped;
 
 /// A VM of hv-app: VMX or SVM vCPUs (chosen from CPUID), guest memory
 /// from hv-app's frame allocator.
-type HvVm = Vm<X86Vcpu<HvHal>, HvHal>;
+pub(crate) type HvVm = Vm<X86Vcpu<HvHal>, HvHal>;
 
 /// The boot modules of one VM.
 #[derive(Debug, Clone, Copy)]
@@ -81,16 +81,16 @@ pub fn find_vms(boot: &BootInfo, mem: &IdentityMapped) -> Result<Vec<VmParts>> {
 
 /// What this processor's virtualization gives the VMs.
 #[derive(Debug, Clone, Copy)]
-struct Virt {
+pub(crate) struct Virt {
     /// The nested page table format (NPT on AMD, EPT on Intel).
-    nested: NestedPagingKind,
+    pub(crate) nested: NestedPagingKind,
     /// The number of TLB tags (SVM ASIDs, VMX VPIDs), tag 0 (the host's)
     /// included.
-    tags: u32,
+    pub(crate) tags: u32,
 }
 
 /// Checks CPUID for a usable virtualization extension, and logs it.
-fn check_virtualization() -> Option<Virt> {
+pub(crate) fn check_virtualization() -> Option<Virt> {
     let info = detect(&HwCpuid);
     match (info.kind, info.svm) {
         (Some(VirtKind::Svm), Some(f)) => {
@@ -283,7 +283,7 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
         );
     }
 
-    let end = run(&mut vm);
+    let end = run_until(&mut vm, &|| false);
     console.finish();
     if end.is_exit() {
         println!("VM {id} ({}) {end}", config.name);
@@ -309,7 +309,7 @@ fn vcpu_frames(tag: u16) -> u64 {
 
 /// Prints `VM <id> exits: N (IoRead a, IoWrite b, ...)`, then what the VM
 /// settled itself (`VM <id> settled: mmio_reads 14, ...`) if anything.
-fn print_exits(vm: &HvVm) {
+pub(crate) fn print_exits(vm: &HvVm) {
     let stats = vm.exit_stats();
     let mut list = String::new();
     for (name, n) in stats.exits.iter() {
@@ -333,8 +333,9 @@ fn print_exits(vm: &HvVm) {
     }
 }
 
-/// Runs vCPU 0 of `vm` until the VM ends.
-fn run(vm: &mut HvVm) -> VmEnd {
+/// Runs vCPU 0 of `vm` until the VM ends, or until `stop` says so when
+/// an exit comes back to the runner (then the VM is stopped as requested).
+pub(crate) fn run_until(vm: &mut HvVm, stop: &dyn Fn() -> bool) -> VmEnd {
     let id = vm.id();
     log::info!("VM {id} ({}): running", vm.name());
     // The hypercalls a guest VM may make are answered inside the VM's exit
@@ -345,6 +346,11 @@ fn run(vm: &mut HvVm) -> VmEnd {
         Some(result)
     };
     loop {
+        if stop() {
+            let end = VmEnd::Error("stopped by the root VM".into());
+            vm.stop(StopReason::Requested(end.to_string()));
+            return end;
+        }
         let exit = match vm.run_vcpu_with(0, answer) {
             Ok(exit) => exit,
             Err(e) => return VmEnd::Error(Error::from(e).to_string()),

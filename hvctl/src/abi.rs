@@ -57,6 +57,42 @@ pub const IOC_VM_CONSOLE: u32 = ioc(
     VmConsole::SIZE as u32,
 );
 
+/// `AXHV_IOC_SELFTEST`: `_IOR(0xE7, 0x20, struct axhv_selftest)`: the
+/// module makes malformed hypercalls and reads the hypervisor's memory as
+/// the root VM, and reports what came back.
+pub const IOC_SELFTEST: u32 = ioc(IOC_READ, AXHV_IOC_MAGIC, 0x20, SelfTest::SIZE as u32);
+
+/// `struct axhv_selftest`: what each probe of `AXHV_IOC_SELFTEST` returned
+/// (negative errno values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SelfTest {
+    /// `vm_create` with buffers in the hypervisor's region (`-EFAULT` expected).
+    pub bad_buffer: i64,
+    /// Hypercall `0x7777` (`-ENOSYS` expected).
+    pub unknown_nr: i64,
+    /// `vm_start` of VM 0 (`-EINVAL` expected).
+    pub bad_vm_id: i64,
+    /// The root VM reading the hypervisor's region (`-EFAULT` expected: the
+    /// hypervisor refuses the access and Linux's fault fixup answers).
+    pub hv_read: i64,
+}
+
+impl SelfTest {
+    /// Size of `struct axhv_selftest`.
+    pub const SIZE: usize = 32;
+
+    /// Decodes the structure.
+    pub fn decode(b: &[u8; Self::SIZE]) -> Self {
+        let at = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Self {
+            bad_buffer: at(0),
+            unknown_nr: at(1),
+            bad_vm_id: at(2),
+            hv_read: at(3),
+        }
+    }
+}
+
 /// [`Status::flags`]: the reserved region was verified and claimed.
 pub const STATUS_REGION_OK: u32 = 1 << 0;
 /// [`Status::flags`]: a hypervisor image is loaded in the region.
@@ -183,7 +219,7 @@ impl VmConsole {
 pub struct VmEntry {
     /// The VM id.
     pub id: u32,
-    /// 0 created, 1 running, 2 stopped.
+    /// 0 created, 1 running, 2 ended.
     pub state: u32,
     /// Physical CPUs the VM holds (bit n = CPU n).
     pub cpus: u64,
@@ -208,7 +244,7 @@ impl VmEntry {
         match self.state {
             0 => "created",
             1 => "running",
-            2 => "stopped",
+            2 => "ended",
             _ => "unknown",
         }
     }
@@ -229,6 +265,8 @@ mod tests {
         assert_eq!(IOC_VM_DESTROY, 0x4004_E713);
         assert_eq!(IOC_VM_LIST, 0xC010_E714);
         assert_eq!(IOC_VM_CONSOLE, 0xC018_E715);
+        // _IOR(0xE7, 0x20, 32 bytes).
+        assert_eq!(IOC_SELFTEST, 0x8020_E720);
         // KVM_RUN is _IO(0xAE, 0x80) = 0xAE80: the same formula.
         assert_eq!(ioc(0, 0xAE, 0x80, 0), 0xAE80);
     }

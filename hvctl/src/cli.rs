@@ -20,6 +20,9 @@ commands:
   vm list                           the VMs
   vm destroy ID                     destroy a VM, returning its CPUs and memory
   vm console ID                     print what the VM wrote to its console
+  vm wait ID [--timeout SECS]       wait until the VM has ended (default 60 s)
+  selftest                          malformed hypercalls and a read of the hypervisor's memory
+                                    from the root VM: each must come back as an error code
 ";
 
 /// A parsed `hvctl` command.
@@ -47,6 +50,15 @@ pub enum Command {
     VmDestroy(u32),
     /// `hvctl vm console ID`.
     VmConsole(u32),
+    /// `hvctl vm wait ID [--timeout SECS]`.
+    VmWait {
+        /// The VM id.
+        id: u32,
+        /// Seconds to wait at most.
+        timeout: u64,
+    },
+    /// `hvctl selftest`.
+    SelfTest,
     /// `hvctl help`.
     Help,
 }
@@ -97,6 +109,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
         }
         "disable" => no_more(rest, "disable").map(|_| Command::Disable),
         "status" => no_more(rest, "status").map(|_| Command::Status),
+        "selftest" => no_more(rest, "selftest").map(|_| Command::SelfTest),
         "help" | "-h" | "--help" => Ok(Command::Help),
         "vm" => {
             let Some(sub) = rest.first() else {
@@ -136,6 +149,25 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     Ok(Command::VmCreate { config, image })
                 }
                 "list" => no_more(rest, "vm list").map(|_| Command::VmList),
+                "wait" => {
+                    let id = vm_id(rest.first(), "wait")?;
+                    let timeout = match rest.get(1).map(String::as_str) {
+                        None => 60,
+                        Some("--timeout") => {
+                            let v = rest
+                                .get(2)
+                                .ok_or_else(|| usage("vm wait: --timeout needs seconds"))?;
+                            no_more(&rest[3..], "vm wait")?;
+                            v.parse().map_err(|_| {
+                                usage(format!("vm wait: --timeout: `{v}` is not seconds"))
+                            })?
+                        }
+                        Some(o) => {
+                            return Err(usage(format!("vm wait: unexpected argument `{o}`")));
+                        }
+                    };
+                    Ok(Command::VmWait { id, timeout })
+                }
                 "destroy" => {
                     let id = vm_id(rest.first(), "destroy")?;
                     no_more(&rest[1..], "vm destroy")?;

@@ -7,7 +7,7 @@ pub mod cli;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use abi::{Status, UserBuf, VmConsole, VmCreate, VmEntry};
+use abi::{SelfTest, Status, UserBuf, VmConsole, VmCreate, VmEntry};
 use axvmconfig::VmConfig;
 use cli::Command;
 
@@ -20,6 +20,8 @@ pub mod errno {
     pub const ENOENT: i32 = 2;
     /// Exec format error: the image is not one the module accepts.
     pub const ENOEXEC: i32 = 8;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
     /// Permission denied.
     pub const EACCES: i32 = 13;
     /// Device or resource busy.
@@ -74,6 +76,20 @@ pub enum Error {
         /// The errno.
         errno: i32,
     },
+    /// `vm wait`: no VM with that id.
+    #[error("no VM {0} (see `hvctl vm list`)")]
+    NoSuchVm(u32),
+    /// Waited too long.
+    #[error("gave up waiting for {what} after {secs} s")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// `selftest`: probes that did not get their error code.
+    #[error("selftest: {0} probe(s) did not get the expected error code")]
+    SelfTest(u32),
 }
 
 /// `Result` of `hvctl`.
@@ -109,6 +125,19 @@ fn ioctl_error(what: &'static str, errno: i32) -> Error {
         ("load image", errno::ENOSPC) => {
             "the image does not fit in the reserved region (larger hv_size/memmap=)".to_string()
         }
+        ("vm create", errno::EBUSY) => "no CPU to give the VM: Linux keeps its boot CPU, so a \
+            second online CPU is needed, and each VM takes one (see dmesg)"
+            .to_string(),
+        ("vm create", errno::ENOEXEC) => "the hypervisor refused the configuration or the \
+            image (its console line `axhv: vm create ...` says why)"
+            .to_string(),
+        ("vm create", errno::ENOMEM) => "the hypervisor's memory pool is exhausted (destroy \
+            a VM, or reserve a larger region with memmap=)"
+            .to_string(),
+        ("vm destroy", errno::EBUSY) => {
+            "the VM's CPU did not leave the VM in time; try again".to_string()
+        }
+        (_, errno::ENOENT) => "no such VM (see `hvctl vm list`)".to_string(),
         (_, errno::EBUSY) => "the hypervisor is enabled; disable it first".to_string(),
         (_, errno::ENODEV) => {
             "the hypervisor is not enabled (run `hvctl enable` first)".to_string()
@@ -258,6 +287,74 @@ pub fn execute(
                     ));
                 }
             }
+        }
+        Command::VmWait { id, timeout } => {
+            let mut dev = open()?;
+            let start = std::time::Instant::now();
+            loop {
+                let mut buf = vec![0u8; 64 * VmEntry::SIZE];
+                let mut arg = UserBuf {
+                    ptr: buf.as_mut_ptr() as u64,
+                    len: buf.len() as u64,
+                }
+                .encode();
+                let n = call(dev.as_mut(), "vm wait", abi::IOC_VM_LIST, &mut arg)?;
+                let entry = buf
+                    .chunks(VmEntry::SIZE)
+                    .take(n.max(0) as usize)
+                    .filter_map(VmEntry::decode)
+                    .find(|e| e.id == *id);
+                match entry {
+                    None => return Err(Error::NoSuchVm(*id)),
+                    Some(e) if e.state == 2 => {
+                        say(format!("VM {id} has ended"));
+                        break;
+                    }
+                    Some(_) if start.elapsed().as_secs() >= *timeout => {
+                        return Err(Error::Timeout {
+                            what: format!("VM {id} to end"),
+                            secs: *timeout,
+                        });
+                    }
+                    Some(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+            }
+        }
+        Command::SelfTest => {
+            let mut dev = open()?;
+            let mut b = [0u8; SelfTest::SIZE];
+            call(dev.as_mut(), "selftest", abi::IOC_SELFTEST, &mut b)?;
+            let t = SelfTest::decode(&b);
+            let checks = [
+                (
+                    "vm_create with buffers in the hypervisor's region",
+                    t.bad_buffer,
+                    -14,
+                    "EFAULT",
+                ),
+                ("unknown hypercall 0x7777", t.unknown_nr, -38, "ENOSYS"),
+                ("vm_start of VM 0", t.bad_vm_id, -22, "EINVAL"),
+                (
+                    "root VM read of the hypervisor's memory",
+                    t.hv_read,
+                    -14,
+                    "EFAULT",
+                ),
+            ];
+            let mut bad = 0;
+            for (what, got, want, name) in checks {
+                let verdict = if got == want { "ok" } else { "UNEXPECTED" };
+                if got != want {
+                    bad += 1;
+                }
+                say(format!(
+                    "selftest: {what} -> {got} ({name} expected): {verdict}"
+                ));
+            }
+            if bad > 0 {
+                return Err(Error::SelfTest(bad));
+            }
+            say("selftest: every probe got its error code".into());
         }
         Command::VmDestroy(id) => {
             let mut dev = open()?;

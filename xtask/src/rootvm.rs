@@ -107,7 +107,11 @@ pub fn build_hv_app_linux() -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// The `/init` of the root-VM scenario.
+/// The `/init` of the root-VM scenario: three cycles of enable, a guest
+/// VM on CPU 1 (the `hello` test guest) while Linux runs on CPU 0, destroy
+/// (CPU 1 back online), disable; the first cycle also runs `hvctl
+/// selftest` (malformed hypercalls, a root-VM read of the hypervisor's
+/// memory).
 pub fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -123,8 +127,20 @@ for i in 1 2 3; do
     echo "axhv-rootvm: cycle $i: hvctl enable exit status $?"
     echo "axhv-rootvm: cycle $i: user space still running after enable (pid $$, uptime $(cut -d' ' -f1 /proc/uptime) s)"
     hvctl status | grep enabled
+    hvctl vm create /axhv/test-guest.toml --image /axhv/guest
+    echo "axhv-rootvm: cycle $i: vm create exit status $?, CPUs online $(cat /sys/devices/system/cpu/online)"
+    echo "axhv-rootvm: cycle $i: Linux runs beside the guest VM (uptime $(cut -d' ' -f1 /proc/uptime) s)"
+    hvctl vm wait 1 --timeout 60
+    hvctl vm list
+    hvctl vm console 1
+    hvctl vm destroy 1
+    echo "axhv-rootvm: cycle $i: vm destroy exit status $?, CPUs online $(cat /sys/devices/system/cpu/online)"
+    if [ $i = 1 ]; then
+        hvctl selftest
+        echo "axhv-rootvm: cycle $i: selftest exit status $?"
+    fi
     sleep 1
-    echo "axhv-rootvm: cycle $i: slept 1 s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online)"
+    echo "axhv-rootvm: cycle $i: slept 1 s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s"
     hvctl disable
     echo "axhv-rootvm: cycle $i: hvctl disable exit status $?"
 done
@@ -136,52 +152,86 @@ poweroff -f
     )
 }
 
+/// The user-space and module lines of one cycle, in order.
+fn cycle(i: u32) -> Vec<String> {
+    let mut v = vec![
+        "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM".to_string(),
+        format!("axhv-rootvm: cycle {i}: hvctl enable exit status 0"),
+        format!("axhv-rootvm: cycle {i}: user space still running after enable"),
+        "enabled: yes".to_string(),
+        "/axhv/test-guest.toml: configuration valid".to_string(),
+        "axhv: VM 1 created and started on CPU 1".to_string(),
+        "created VM 1".to_string(),
+        format!("axhv-rootvm: cycle {i}: vm create exit status 0, CPUs online 0"),
+        format!("axhv-rootvm: cycle {i}: Linux runs beside the guest VM"),
+        "VM 1 has ended".to_string(),
+        "VM 1: ended, CPUs 0x2".to_string(),
+        "[vm1] hello: Hello from axhv guest!".to_string(),
+        "[vm1] hello: ok".to_string(),
+        "VM 1 (test-guest) exited with status 0".to_string(),
+        "axhv: CPU 1 back online, under the hypervisor again".to_string(),
+        "destroyed VM 1".to_string(),
+        format!("axhv-rootvm: cycle {i}: vm destroy exit status 0, CPUs online 0-1"),
+    ];
+    if i == 1 {
+        v.extend([
+            "selftest: vm_create with buffers in the hypervisor's region -> -14 (EFAULT expected): ok".to_string(),
+            "selftest: unknown hypercall 0x7777 -> -38 (ENOSYS expected): ok".to_string(),
+            "selftest: vm_start of VM 0 -> -22 (EINVAL expected): ok".to_string(),
+            "selftest: root VM read of the hypervisor's memory -> -14 (EFAULT expected): ok".to_string(),
+            "axhv-rootvm: cycle 1: selftest exit status 0".to_string(),
+        ]);
+    }
+    v.extend([
+        format!("axhv-rootvm: cycle {i}: slept 1 s as the root VM"),
+        "axhv: hypervisor disabled: Linux runs natively".to_string(),
+        format!("axhv-rootvm: cycle {i}: hvctl disable exit status 0"),
+    ]);
+    v
+}
+
 /// Console lines the scenario expects, in order (hv-app's own lines come
 /// from the hypervisor on COM1 and interleave with Linux's).
-pub const EXPECT: &[&str] = &[
-    "axhv-rootvm: module loaded",
-    "Linux entry: present",
-    "axhv: entering the hypervisor on 2 CPUs",
-    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
-    "axhv-rootvm: cycle 1: hvctl enable exit status 0",
-    "axhv-rootvm: cycle 1: user space still running after enable",
-    "enabled: yes",
-    "axhv-rootvm: cycle 1: slept 1 s as the root VM",
-    "axhv: hypervisor disabled: Linux runs natively",
-    "axhv-rootvm: cycle 1: hvctl disable exit status 0",
-    "Linux entry: present",
-    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
-    "axhv-rootvm: cycle 2: hvctl enable exit status 0",
-    "axhv-rootvm: cycle 2: slept 1 s as the root VM",
-    "axhv-rootvm: cycle 2: hvctl disable exit status 0",
-    "Linux entry: present",
-    "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM",
-    "axhv-rootvm: cycle 3: hvctl enable exit status 0",
-    "axhv-rootvm: cycle 3: slept 1 s as the root VM",
-    "axhv-rootvm: cycle 3: hvctl disable exit status 0",
-    "axhv-rootvm: done",
-];
+pub fn expect() -> Vec<String> {
+    let mut v = vec![
+        "axhv-rootvm: module loaded".to_string(),
+        "Linux entry: present".to_string(),
+    ];
+    for i in 1..=3 {
+        v.extend(cycle(i));
+    }
+    v.push("axhv-rootvm: done".to_string());
+    v
+}
 
 /// hv-app's lines, per CPU in order (the CPUs' lines interleave): Linux
-/// runs as its root VM, then leaves, three times.
-pub const EXPECT_HV: &[&[&str]] = &[
-    &[
-        "axhv: cpu0: Linux runs as the root VM",
-        "axhv: cpu0: leaving: Linux runs natively again",
-        "axhv: cpu0: Linux runs as the root VM",
-        "axhv: cpu0: leaving: Linux runs natively again",
-        "axhv: cpu0: Linux runs as the root VM",
-        "axhv: cpu0: leaving: Linux runs natively again",
-    ],
-    &[
-        "axhv: cpu1: Linux runs as the root VM",
-        "axhv: cpu1: leaving: Linux runs natively again",
-        "axhv: cpu1: Linux runs as the root VM",
-        "axhv: cpu1: leaving: Linux runs natively again",
-        "axhv: cpu1: Linux runs as the root VM",
-        "axhv: cpu1: leaving: Linux runs natively again",
-    ],
-];
+/// runs as its root VM; CPU 1 is given up, runs the guest, is started by
+/// Linux again and rejoins; both leave; three times. The selftest's
+/// hypervisor-memory read is reported once.
+pub fn expect_hv() -> Vec<Vec<String>> {
+    let mut cpu0 = Vec::new();
+    let mut cpu1 = Vec::new();
+    for i in 1..=3 {
+        cpu0.push("axhv: cpu0: Linux runs as the root VM".to_string());
+        if i == 1 {
+            cpu0.push("root VM tried to access hypervisor memory at GPA 0x20001000".to_string());
+        }
+        cpu0.push("axhv: cpu0: leaving: Linux runs natively again".to_string());
+        cpu1.extend(
+            [
+                "axhv: cpu1: Linux runs as the root VM",
+                "axhv: cpu1: offlined by Linux: now the hypervisor's",
+                "axhv: VM 1 (test-guest) runs on CPU 1",
+                "axhv: VM 1 (test-guest) exited with status 0",
+                "axhv: cpu1: ready to be started again by Linux",
+                "axhv: cpu1: Linux runs as the root VM",
+                "axhv: cpu1: leaving: Linux runs natively again",
+            ]
+            .map(String::from),
+        );
+    }
+    vec![cpu0, cpu1]
+}
 
 fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
     let ver = linux::kernel_version()?;
@@ -229,9 +279,12 @@ pub fn run(check: bool) -> Result<u8, String> {
         return Ok(if out.status == Some(0) { 0 } else { 1 });
     }
     let ctx = |e: String| format!("root-VM scenario: {e}");
-    out.expect_in_order(EXPECT).map_err(ctx)?;
-    for lines in EXPECT_HV {
-        out.expect_in_order(lines).map_err(ctx)?;
+    let lines = expect();
+    out.expect_in_order(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .map_err(ctx)?;
+    for per_cpu in expect_hv() {
+        out.expect_in_order(&per_cpu.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(ctx)?;
     }
     if out.status != Some(0) {
         return Err(format!(
@@ -240,7 +293,8 @@ pub fn run(check: bool) -> Result<u8, String> {
         ));
     }
     println!(
-        "    ok: Linux ran as the root VM on 2 CPUs and went back to native, 3 cycles ({:.1}s)",
+        "    ok: Linux ran as the root VM on 2 CPUs beside a guest VM on CPU 1, which came back \
+         to Linux; selftest; back to native; 3 cycles ({:.1}s)",
         t.elapsed().as_secs_f64()
     );
     Ok(0)
