@@ -30,16 +30,16 @@ pub enum Mode {
     Type15,
 }
 
-/// Takes `--mode type1|type15` out of `args`; Type-1 is the default until
-/// hv-app has its Linux entry.
-pub fn split_mode(args: &[String]) -> Result<(Mode, Vec<String>), String> {
-    let mut mode = Mode::Type1;
+/// Takes `--mode type1|type15` out of `args`; `None` if not given (the
+/// caller picks the default: Type-1.5).
+pub fn split_mode(args: &[String]) -> Result<(Option<Mode>, Vec<String>), String> {
+    let mut mode = None;
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--mode" {
             let v = it.next().ok_or("option --mode needs a value")?;
-            mode = match v.as_str() {
+            mode = Some(match v.as_str() {
                 "type1" => Mode::Type1,
                 "type15" | "type1.5" => Mode::Type15,
                 other => {
@@ -47,7 +47,7 @@ pub fn split_mode(args: &[String]) -> Result<(Mode, Vec<String>), String> {
                         "--mode: `{other}` is not type1 or type15 (Type-1.5)"
                     ));
                 }
-            };
+            });
         } else {
             rest.push(a.clone());
         }
@@ -469,11 +469,11 @@ mod tests {
     }
 
     #[test]
-    fn mode_defaults_to_type1_and_is_removed() {
+    fn mode_is_taken_out_and_optional() {
         let (m, rest) = split_mode(&s(&["--guest", "hello"])).unwrap();
-        assert_eq!((m, rest), (Mode::Type1, s(&["--guest", "hello"])));
+        assert_eq!((m, rest), (None, s(&["--guest", "hello"])));
         let (m, rest) = split_mode(&s(&["--mode", "type15", "--smp", "2"])).unwrap();
-        assert_eq!((m, rest), (Mode::Type15, s(&["--smp", "2"])));
+        assert_eq!((m, rest), (Some(Mode::Type15), s(&["--smp", "2"])));
         assert!(
             split_mode(&s(&["--mode", "x"]))
                 .unwrap_err()

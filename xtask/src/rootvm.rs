@@ -233,27 +233,151 @@ pub fn expect_hv() -> Vec<Vec<String>> {
     vec![cpu0, cpu1]
 }
 
+/// The `/init` of `cargo xtask run` in Type-1.5 mode: enable, a user-space
+/// line, then each VM in turn (`/axhv/vm<N>.cfg`, `/axhv/vm<N>.img`) on the
+/// CPU Linux gives up, its console, destroy; disable; power off.
+pub fn guests_init_script(vms: usize, wait_secs: u64) -> String {
+    let mut s = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} || {{ echo "axhv-run: insmod failed"; poweroff -f; }}
+if ! hvctl enable --image /axhv/hv-app-linux.bin; then
+    echo "axhv-run: enable failed (see the lines above)"
+    poweroff -f
+fi
+echo "axhv-run: Linux still runs after the enable, as the root VM (uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online))"
+"#,
+        mem = HV_MEM,
+        size = linux::HV_SIZE
+    );
+    for i in 1..=vms {
+        s.push_str(&format!(
+            r#"echo "axhv-run: VM {i}: create"
+if hvctl vm create /axhv/vm{i}.cfg --image /axhv/vm{i}.img; then
+    echo "axhv-run: VM {i} runs; Linux goes on (CPUs online $(cat /sys/devices/system/cpu/online))"
+    hvctl vm wait 1 --timeout {wait_secs}
+    echo "axhv-run: console of VM {i}:"
+    hvctl vm console 1
+    hvctl vm destroy 1
+    echo "axhv-run: VM {i} destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
+fi
+"#
+        ));
+    }
+    s.push_str(
+        r#"hvctl disable
+echo "axhv-run: done"
+poweroff -f
+"#,
+    );
+    s
+}
+
+/// `cargo xtask run` in Type-1.5 mode (the default): Linux boots on 2 CPUs
+/// (or `--smp`), enables hv-app, and each VM of `specs` runs beside it on
+/// the CPU Linux gives up; returns 0 if every VM exited with status 0.
+pub fn run_guests(specs: &[crate::vms::VmSpec], qemu_cfg: &QemuConfig) -> Result<u8, String> {
+    prereq::check(&prereq::LINUX)?;
+    println!(
+        "\n==> Type-1.5: Linux boots, loads hv-app and runs {} VM(s) beside it (QEMU/SVM)",
+        specs.len()
+    );
+    let hv_linux = build_hv_app_linux()?;
+    let root = linux::out_dir().join("initramfs");
+    let first = &specs[0].image;
+    initramfs_at(&hv_linux, first)?;
+    for (i, spec) in specs.iter().enumerate() {
+        let mut cfg =
+            axvmconfig::VmConfig::load_any_file(&spec.config).map_err(|e| e.to_string())?;
+        if let Some(name) = &spec.name {
+            cfg.name = name.clone();
+        }
+        let image = crate::vms::check_image(&spec.image)?;
+        if let Err(e) = cfg.check_kernel_size(image.len() as u64) {
+            return Err(format!("{}: {e}", spec.image.display()));
+        }
+        let bytes = cfg.to_bytes().map_err(|e| e.to_string())?;
+        let n = i + 1;
+        std::fs::write(root.join(format!("axhv/vm{n}.cfg")), bytes)
+            .map_err(|e| format!("vm{n}.cfg: {e}"))?;
+        std::fs::write(root.join(format!("axhv/vm{n}.img")), image)
+            .map_err(|e| format!("vm{n}.img: {e}"))?;
+    }
+    let wait = qemu_cfg.timeout.as_secs();
+    std::fs::write(root.join("init"), guests_init_script(specs.len(), wait))
+        .map_err(|e| format!("init: {e}"))?;
+    let initrd = pack(&root, "initramfs-run.cpio.gz")?;
+    let ver = linux::kernel_version()?;
+    let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
+    let cfg = QemuConfig {
+        smp: qemu_cfg.smp.max(2),
+        mem: if qemu_cfg.mem == "512M" {
+            "1G".into()
+        } else {
+            qemu_cfg.mem.clone()
+        },
+        // Linux's boot under TCG, then each VM's wait.
+        timeout: Duration::from_secs(180 + wait * specs.len() as u64),
+        stream: qemu_cfg.stream,
+    };
+    let out = qemu::run_linux(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
+    if out.timed_out {
+        return Err(format!(
+            "Linux did not power off within {}s (stopped)",
+            cfg.timeout.as_secs()
+        ));
+    }
+    let exits: Vec<u32> = out
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("VM 1 ") && l.contains("exited with status "))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    println!(
+        "==> QEMU ended (status {:?}); VM exit statuses {exits:?} of {} VM(s)",
+        out.status,
+        specs.len()
+    );
+    let ok = out.status == Some(0) && exits.len() == specs.len() && exits.iter().all(|&e| e == 0);
+    Ok(if ok { 0 } else { 1 })
+}
+
 fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
+    let root = initramfs_at(hv_linux, &tasks::build_guests()?.join("hello"))?;
+    std::fs::write(root.join("init"), init_script()).map_err(|e| format!("init: {e}"))?;
+    pack(&root, "initramfs-rootvm.cpio.gz")
+}
+
+/// The initramfs tree (busybox, module, hvctl, the Linux-linked hv-app as
+/// `/axhv/hv-app-linux.bin`, `guest` as `/axhv/guest`) without its `/init`.
+fn initramfs_at(hv_linux: &Path, guest: &Path) -> Result<PathBuf, String> {
     let ver = linux::kernel_version()?;
     let module = linux::build_module(&ver)?;
     let hvctl = linux::build_hvctl()?;
-    let hv = tasks::build_hv_app()?;
-    let guests = tasks::build_guests()?;
-    linux::build_initramfs(&module, &hvctl, &hv, &guests.join("hello"))?;
+    linux::build_initramfs(&module, &hvctl, hv_linux, guest)?;
     let root = linux::out_dir().join("initramfs");
     std::fs::copy(hv_linux, root.join("axhv/hv-app-linux.bin"))
         .map_err(|e| format!("initramfs: {}: {e}", hv_linux.display()))?;
-    std::fs::write(root.join("init"), init_script()).map_err(|e| format!("init: {e}"))?;
-    let out = linux::out_dir().join("initramfs-rootvm.cpio.gz");
+    Ok(root)
+}
+
+/// Packs the tree at `root` into a gzip'ed newc cpio named `name`.
+fn pack(root: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = linux::out_dir().join(name);
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(r#"cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6 > "$2""#)
         .arg("sh")
-        .arg(&root)
+        .arg(root)
         .arg(&out);
     let st = c.status().map_err(|e| format!("cpio: {e}"))?;
     if !st.success() {
-        return Err(format!("build the root-VM initramfs: failed ({st})"));
+        return Err(format!("build the initramfs {name}: failed ({st})"));
     }
     Ok(out)
 }
@@ -349,6 +473,21 @@ mod tests {
         let mut e = elf();
         e[64 + 56 + 32..64 + 56 + 40].copy_from_slice(&0x1000u64.to_le_bytes()); // filesz past EOF
         assert!(flat_image(&e).is_err());
+    }
+
+    #[test]
+    fn run_init_creates_each_vm_in_turn() {
+        let init = guests_init_script(2, 30);
+        assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
+        let a = init
+            .find("hvctl vm create /axhv/vm1.cfg --image /axhv/vm1.img")
+            .unwrap();
+        let b = init
+            .find("hvctl vm create /axhv/vm2.cfg --image /axhv/vm2.img")
+            .unwrap();
+        assert!(a < b);
+        assert!(init.contains("hvctl vm wait 1 --timeout 30"));
+        assert!(init.ends_with("hvctl disable\necho \"axhv-run: done\"\npoweroff -f\n"));
     }
 
     #[test]

@@ -262,14 +262,9 @@ fn test_guest_config() -> PathBuf {
     root().join("configs/test-guest.toml")
 }
 
-/// Builds hv-app (and the guests it needs), boots QEMU with the VMs of
-/// `opts` as multiboot modules and returns the outcome.
-fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
-    match opts.vendor {
-        Vendor::Amd => prereq::check(&[prereq::QEMU])?,
-        Vendor::Intel => crate::bochs::check_prereqs()?,
-    }
-    let elf = build_hv_app()?;
+/// The VMs `opts` asks for: one per `--guest` (built from guests/, under
+/// configs/test-guest.toml), then `--config` with `--image`.
+fn vm_specs(opts: &RunOpts) -> Result<Vec<vms::VmSpec>, String> {
     let mut specs = Vec::new();
     if !opts.guests.is_empty() {
         let dir = build_guests()?;
@@ -288,6 +283,18 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
             name: None,
         });
     }
+    Ok(specs)
+}
+
+/// Builds hv-app (and the guests it needs), boots QEMU with the VMs of
+/// `opts` as multiboot modules and returns the outcome.
+fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
+    match opts.vendor {
+        Vendor::Amd => prereq::check(&[prereq::QEMU])?,
+        Vendor::Intel => crate::bochs::check_prereqs()?,
+    }
+    let elf = build_hv_app()?;
+    let specs = vm_specs(opts)?;
     let initrd = if specs.is_empty() {
         None
     } else {
@@ -334,9 +341,47 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
 
 /// `cargo xtask run`.
 pub fn run(args: &[String]) -> Result<u8, String> {
+    use crate::linux::Mode;
     let (mode, args) = crate::linux::split_mode(args)?;
-    if mode == crate::linux::Mode::Type15 {
-        return crate::linux::run(&args);
+    let legacy = args.iter().any(|a| a == "--check" || a == "--root-vm");
+    let intel = args
+        .windows(2)
+        .any(|w| w[0] == "--vendor" && w[1] == "intel");
+    let mode = match mode {
+        Some(m) => m,
+        None if intel => {
+            eprintln!(
+                "xtask: note: Type-1.5 runs on AMD SVM only so far; --vendor intel boots \
+                 hv-app directly (Type-1, as --mode type1)"
+            );
+            Mode::Type1
+        }
+        None => Mode::Type15,
+    };
+    if mode == Mode::Type15 {
+        if legacy {
+            return crate::linux::run(&args);
+        }
+        let opts = parse_run(&args)?;
+        if opts.vendor == Vendor::Intel {
+            return Err(
+                "--mode type15 --vendor intel: the VMX root VM is not implemented yet; \
+                 use --mode type1 for Bochs/VMX"
+                    .into(),
+            );
+        }
+        if opts.log.is_some() {
+            eprintln!("xtask: note: --log applies to Type-1 boots only");
+        }
+        let specs = vm_specs(&opts)?;
+        if specs.is_empty() {
+            return Err(
+                "run: no VM given: add --guest NAME (e.g. --guest hello) or --config VM.toml \
+                 --image KERNEL"
+                    .into(),
+            );
+        }
+        return crate::rootvm::run_guests(&specs, &opts.qemu);
     }
     let opts = parse_run(&args)?;
     let out = boot(&opts)?;
