@@ -39,6 +39,9 @@
 #include <linux/uaccess.h>
 #include <linux/smp.h>
 #include <asm/asm.h>
+#include <asm/msr.h>
+#include <asm/processor.h>
+#include <asm/tsc.h>
 #include <asm/extable_fixup_types.h>
 #include <asm/pgtable.h>
 #include <asm/tlbflush.h>
@@ -61,6 +64,7 @@ static bool axhv_enabled;
 
 /* The Linux entry, as found in the loaded image. */
 struct axhv_entry_info {
+	u64 header_offset;
 	u64 entry_offset;
 	u64 leave_offset;
 };
@@ -152,6 +156,7 @@ static int axhv_find_entry(struct axhv_entry_info *info)
 		pr_err("image's Linux entries do not start with ENDBR64\n");
 		return -ENOEXEC;
 	}
+	info->header_offset = off;
 	info->entry_offset = h->entry_offset;
 	info->leave_offset = h->leave_offset;
 	return 0;
@@ -265,6 +270,8 @@ static int axhv_enable(void)
 		axhv_exec = axhv_map_exec();
 	if (!axhv_exec)
 		return -ENOMEM;
+	/* Boot parameter after the header: Linux's TSC frequency. */
+	*(u64 *)(axhv_region + axhv_entry.header_offset + sizeof(struct axhv_linux_header)) = tsc_khz;
 	rv.entry = (axhv_entry_fn)(axhv_exec + axhv_entry.entry_offset);
 	rv.leave = (axhv_leave_fn)(axhv_exec + axhv_entry.leave_offset);
 	pr_info("entering the hypervisor on %u CPUs\n", num_online_cpus());
@@ -554,8 +561,11 @@ static long axhv_selftest(void __user *uarg)
 	t.bad_vm_id = axhv_hypercall(AXHV_HC_VM_START, 0, 1, 0, 0);
 	pr_info("selftest: reading the hypervisor's region at %#lx from the root VM\n", hv_mem + 0x1000);
 	t.hv_read = axhv_probe_read(axhv_region + 0x1000, &word);
-	pr_info("selftest: hypercall results %lld %lld %lld, read %lld\n",
-		t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read);
+	rdmsrl(MSR_EFER, word);
+	t.efer_svme = (word >> 12) & 1;
+	t.cpuid_svm = (cpuid_ecx(0x80000001) >> 2) & 1;
+	pr_info("selftest: hypercall results %lld %lld %lld, read %lld, EFER.SVME %lld, CPUID SVM %lld\n",
+		t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read, t.efer_svme, t.cpuid_svm);
 	return copy_to_user(uarg, &t, sizeof(t)) ? -EFAULT : 0;
 }
 

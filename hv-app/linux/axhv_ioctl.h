@@ -56,11 +56,13 @@ struct axhv_vm_console {	/* 24 bytes */
 	struct axhv_buf buf;
 };
 
-struct axhv_selftest {		/* 32 bytes: hypercall results, negative errno */
+struct axhv_selftest {		/* 48 bytes */
 	__s64 bad_buffer;	/* vm_create pointing into the hypervisor's region */
 	__s64 unknown_nr;	/* hypercall 0x7777 */
 	__s64 bad_vm_id;	/* vm_start of VM 0 */
 	__s64 hv_read;		/* the root VM reading the hypervisor's region */
+	__s64 efer_svme;	/* EFER.SVME as the root VM reads it (0: hidden) */
+	__s64 cpuid_svm;	/* CPUID 8000_0001h ECX.SVM as it reads it (0: hidden) */
 };
 
 #define AXHV_IOC_STATUS _IOR(AXHV_IOC_MAGIC, 0x00, struct axhv_status)
@@ -100,6 +102,9 @@ struct axhv_selftest {		/* 32 bytes: hypercall results, negative errno */
  *
  * The first instruction of each must be ENDBR64 (F3 0F 1E FA), so the
  * indirect call is valid under kernel indirect-branch tracking.
+ *
+ * The 8 bytes right after the header are a boot parameter the loader writes
+ * before the first entry: Linux's TSC frequency in kHz (__u64, 0: unknown).
  */
 #define AXHV_LINUX_MAGIC "AXHVLNX1"
 #define AXHV_LINUX_HEADER_VERSION 1

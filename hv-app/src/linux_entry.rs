@@ -19,26 +19,28 @@
 //!    entries 256-511) into hv-app's page table, so Linux's GDT/TSS can be
 //!    read; checks SVM and nested paging; the first CPU builds the root VM's
 //!    nested page table (1:1 over 512 GiB, 1 GiB pages, 2 MiB pages in the
-//!    first GiB, the hypervisor region left out); sets EFER.SVME and
-//!    VM_HSAVE_PA; fills the VMCB with the live Linux state (segments from
-//!    the GDT, GDTR/IDTR, TR, LDTR, CR0/CR2/CR3/CR4, EFER, RFLAGS, DR6/DR7,
-//!    FS/GS/KERNEL_GS bases, STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*, PAT) with
-//!    RIP = the module's return address, RSP = Linux's stack after the
-//!    return, the callee-saved registers as Linux had them, RAX = 0 (no
-//!    instruction of the region, which the root VM cannot reach, runs in
-//!    guest mode);
-//! 4. runs the root vCPU: the only intercepts are VMRUN, VMMCALL, CPUID
-//!    (the SVM bit is hidden) and SHUTDOWN, plus nested page faults (an
-//!    access to the hypervisor region is reported and answered with #GP).
-//!    No INTR intercept and no V_INTR_MASKING: Linux's interrupts go straight
-//!    to Linux.
+//!    first GiB, the hypervisor region left out) and runs `hv_main` (frame
+//!    allocator and heap over the rest of the region, the VM table of
+//!    `linux_vms`); sets EFER.SVME and VM_HSAVE_PA; fills the VMCB with
+//!    the live Linux state (segments from the GDT, GDTR/IDTR, TR, LDTR,
+//!    CR0/CR2/CR3/CR4, EFER, RFLAGS, DR6/DR7, FS/GS/KERNEL_GS bases,
+//!    STAR/LSTAR/CSTAR/SFMASK, SYSENTER_*, PAT) with RIP = the module's
+//!    return address, RSP = Linux's stack after the return, the
+//!    callee-saved registers as Linux had them, RAX = 0 (no instruction of
+//!    the region, which the root VM cannot reach, runs in guest mode);
+//! 4. runs the root vCPU: the only intercepts are VMRUN, VMMCALL (the
+//!    hypercalls of `linux_vms`), CPUID (the SVM bit is hidden), RDMSR and
+//!    WRMSR of EFER (SVME is hidden) and SHUTDOWN, plus nested page faults
+//!    (an access to the hypervisor region is reported and answered with
+//!    #GP), and `HLT` on a CPU offered for a guest VM. No INTR intercept and
+//!    no V_INTR_MASKING: Linux's interrupts go straight to Linux.
 //!
 //! If anything fails before the first VMRUN, the CPU switches back to
 //! Linux's CR3 and stack and the entry returns the error to the module.
+//! `leave` (disable) returns the CPU to native; a CPU given to a guest VM
+//! leaves SVM when the VM ends and waits for Linux's INIT/SIPI.
 //!
-//! Not done yet: `leave` (the CPU stays in the hypervisor; the hypercall
-//! answers `-ENOSYS`), VMX, guest VMs beside Linux, reaching `hv_main` from
-//! this entry.
+//! Not done yet: VMX (Intel) root VM; the region must end below 1 GiB.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -86,6 +88,21 @@ static mut NPT_PDPT: Table = Table([0; 512]);
 static mut NPT_PD: Table = Table([0; 512]);
 static NPT_STATE: AtomicU32 = AtomicU32::new(0);
 
+/// The root VM's MSR permission map (8 KiB, AMD APM 15.11): only EFER is
+/// intercepted, so that Linux sees its own EFER without SVME.
+#[repr(C, align(4096))]
+struct Msrpm([u8; 8192]);
+
+/// EFER (0xC000_0080): MSRs 0xC000_0000.. start at byte 0x800, two bits
+/// each (read, write): bits 0x100 and 0x101 = byte 0x820, bits 0-1.
+const fn root_msrpm() -> Msrpm {
+    let mut m = [0u8; 8192];
+    m[0x820] = 0b11;
+    Msrpm(m)
+}
+
+static ROOT_MSRPM: Msrpm = root_msrpm();
+
 static mut VMCBS: [Vmcb; MAX_CPUS] = [const { Vmcb::zeroed() }; MAX_CPUS];
 static mut HSAVE: [Table; MAX_CPUS] = [const { Table([0; 512]) }; MAX_CPUS];
 /// Guest GPRs: RAX (unused: in the VMCB), RCX, RDX, RBX, RSP (unused),
@@ -110,6 +127,11 @@ axhv_linux_header:
     .quad axhv_linux_entry - axhv_linux_header
     .quad axhv_linux_leave - axhv_linux_header
     .quad __image_end - axhv_linux_header
+    /* Boot parameter the module writes before enable (after the 40-byte
+       header): Linux's TSC frequency in kHz, 0 if unknown. */
+    .global axhv_linux_tsc_khz
+axhv_linux_tsc_khz:
+    .quad 0
 
     .balign 16
     .global axhv_linux_entry
@@ -323,6 +345,8 @@ axhv_svm_run:
 unsafe extern "C" {
     /// End of the image, `.bss` included (linker-linux.ld).
     static __image_end: u8;
+    /// Linux's TSC frequency in kHz as the module wrote it (0: unknown).
+    static axhv_linux_tsc_khz: u64;
     fn axhv_svm_run(vmcb_pa: u64, gprs: *mut [u64; 16]);
     fn axhv_leave_native(state_linux_va: u64) -> !;
     static axhv_linux_leave: u8;
@@ -468,6 +492,12 @@ extern "C" fn linux_cpu_enter(
         build_npt(region, size);
         let image_end = (&raw const __image_end) as u64;
         crate::console::defer_output();
+        // SAFETY: a word of the image's header, written by the module
+        // before the enable and read-only from then on.
+        let tsc_khz = unsafe { core::ptr::read_volatile(&raw const axhv_linux_tsc_khz) };
+        if tsc_khz != 0 {
+            crate::tsc::set_tsc_hz(tsc_khz * 1000);
+        }
         let ok = crate::hv_main(crate::Entry::Linux {
             region,
             size,
@@ -620,7 +650,10 @@ fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
     s.g_pat = rdmsr(0x277);
 
     let c = &mut v.control;
-    c.intercept_misc1 = (InterceptMisc1::CPUID | InterceptMisc1::SHUTDOWN).bits();
+    c.intercept_misc1 =
+        (InterceptMisc1::CPUID | InterceptMisc1::SHUTDOWN | InterceptMisc1::MSR_PROT).bits();
+    // Linked at its physical address: the static's address is the PA.
+    c.msrpm_base_pa = (&raw const ROOT_MSRPM) as u64;
     c.intercept_misc2 = (InterceptMisc2::VMRUN | InterceptMisc2::VMMCALL).bits();
     c.guest_asid = 1;
     c.tlb_control = 1;
@@ -633,6 +666,10 @@ fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
 /// SVM exit codes handled here (APM vol. 2 appendix C).
 const EXIT_CPUID: u64 = 0x72;
 const EXIT_HLT: u64 = 0x78;
+const EXIT_MSR: u64 = 0x7c;
+/// EFER.SVME: the root VM runs with it (VMRUN requires it) but never sees
+/// it.
+const EFER_SVME: u64 = 1 << 12;
 const EXIT_SHUTDOWN: u64 = 0x7f;
 const EXIT_VMRUN: u64 = 0x80;
 const EXIT_VMMCALL: u64 = 0x81;
@@ -666,6 +703,17 @@ fn handle_exit(cpu: usize, v: &mut Vmcb, gprs: &mut [u64; 16]) {
             gprs[3] = u64::from(r[1]);
             gprs[1] = u64::from(r[2]);
             gprs[2] = u64::from(r[3]);
+            advance(v, 2);
+        }
+        EXIT_MSR if gprs[1] as u32 == 0xc000_0080 => {
+            if v.control.exit_info_1 == 0 {
+                let efer = v.save.efer & !EFER_SVME;
+                v.save.rax = efer & 0xffff_ffff;
+                gprs[2] = efer >> 32;
+            } else {
+                let value = (gprs[2] << 32) | (v.save.rax & 0xffff_ffff);
+                v.save.efer = value | EFER_SVME;
+            }
             advance(v, 2);
         }
         EXIT_VMMCALL => {

@@ -85,9 +85,17 @@ impl axdevice::Clock for VmClock {
     }
 }
 
+static HZ: spin::Once<u64> = spin::Once::new();
+
+/// Sets the TSC frequency from a source that knows it (Type-1.5: Linux's
+/// `tsc_khz`, handed over by the module) instead of measuring it; only
+/// before the first [`tsc_hz`].
+pub fn set_tsc_hz(hz: u64) {
+    HZ.call_once(|| hz);
+}
+
 /// The TSC frequency in Hz, calibrated on first use (10 ms).
 pub fn tsc_hz() -> u64 {
-    static HZ: spin::Once<u64> = spin::Once::new();
     *HZ.call_once(|| {
         TscClock::calibrate()
             .unwrap_or_else(|e| {

@@ -75,11 +75,15 @@ pub struct SelfTest {
     /// The root VM reading the hypervisor's region (`-EFAULT` expected: the
     /// hypervisor refuses the access and Linux's fault fixup answers).
     pub hv_read: i64,
+    /// EFER.SVME as the root VM reads it (0 expected: hidden).
+    pub efer_svme: i64,
+    /// CPUID 8000_0001h ECX.SVM as the root VM reads it (0 expected).
+    pub cpuid_svm: i64,
 }
 
 impl SelfTest {
     /// Size of `struct axhv_selftest`.
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = 48;
 
     /// Decodes the structure.
     pub fn decode(b: &[u8; Self::SIZE]) -> Self {
@@ -89,6 +93,8 @@ impl SelfTest {
             unknown_nr: at(1),
             bad_vm_id: at(2),
             hv_read: at(3),
+            efer_svme: at(4),
+            cpuid_svm: at(5),
         }
     }
 }
@@ -265,8 +271,8 @@ mod tests {
         assert_eq!(IOC_VM_DESTROY, 0x4004_E713);
         assert_eq!(IOC_VM_LIST, 0xC010_E714);
         assert_eq!(IOC_VM_CONSOLE, 0xC018_E715);
-        // _IOR(0xE7, 0x20, 32 bytes).
-        assert_eq!(IOC_SELFTEST, 0x8020_E720);
+        // _IOR(0xE7, 0x20, 48 bytes).
+        assert_eq!(IOC_SELFTEST, 0x8030_E720);
         // KVM_RUN is _IO(0xAE, 0x80) = 0xAE80: the same formula.
         assert_eq!(ioc(0, 0xAE, 0x80, 0), 0xAE80);
     }

@@ -340,6 +340,18 @@ pub fn execute(
                     -14,
                     "EFAULT",
                 ),
+                (
+                    "EFER.SVME as the root VM reads it",
+                    t.efer_svme,
+                    0,
+                    "hidden",
+                ),
+                (
+                    "CPUID SVM bit as the root VM reads it",
+                    t.cpuid_svm,
+                    0,
+                    "hidden",
+                ),
             ];
             let mut bad = 0;
             for (what, got, want, name) in checks {
