@@ -17,4 +17,4 @@ pub use error::{Error, Result};
 pub use exit::{StopReason, VmExit, VmState};
 pub use memory::{MAX_INSN_LEN, fetch_code, fetch_code_cached};
 pub use stats::ExitStats;
-pub use vm::Vm;
+pub use vm::{Kicker, Vm};

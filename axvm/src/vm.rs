@@ -2,6 +2,7 @@
 //! loop.
 
 use alloc::{format, string::String, sync::Arc, vec::Vec};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use axaddrspace::{
     AccessWidth, AxMmHal, DynAddrSpace, GuestPhysAddr, MappingFlags, NestedPagingKind,
@@ -69,6 +70,9 @@ where
     fetch: Vec<FetchCaches>,
     boot: BootSetup,
     state: VmState,
+    /// Set by a [`Kicker`]: the run loop returns at the next exit it would
+    /// otherwise settle silently.
+    kick: Arc<AtomicBool>,
     /// The settled-in-VM counters; the exit counters live in the vCPUs.
     stats: ExitStats,
 }
@@ -182,6 +186,7 @@ where
             fetch,
             boot,
             state: VmState::Created,
+            kick: Arc::new(AtomicBool::new(false)),
             stats: ExitStats::new(),
         })
     }
@@ -337,6 +342,15 @@ where
         self.run_vcpu_with(id, |_, _| None)
     }
 
+    /// A handle for another CPU to get this VM's runner back: after
+    /// [`Kicker::kick`], [`run_vcpu_with`](Self::run_vcpu_with) returns
+    /// [`VmExit::ExternalInterrupt`] (vector 0) at the vCPU's next exit that
+    /// it would otherwise settle itself, such as the one a host interrupt
+    /// sent to that CPU causes.
+    pub fn kicker(&self) -> Kicker {
+        Kicker(self.kick.clone())
+    }
+
     /// [`run_vcpu`](Self::run_vcpu), with the caller's hypercall handler
     /// in the loop: `hypercall(nr, args)` returning `Some(result)` puts
     /// `result` in the guest's RAX and runs the vCPU on without returning;
@@ -395,7 +409,14 @@ where
             };
             match *exit {
                 // Settled by the vCPU (CPUID, EFER, ...): enter again at once.
-                E::Nothing | E::InterruptWindow => {}
+                E::Nothing | E::InterruptWindow => {
+                    // A host interrupt (or a settled exit) after another
+                    // CPU kicked this VM: its runner gets control back.
+                    if self.kick.load(Ordering::Relaxed) {
+                        self.kick.store(false, Ordering::Relaxed);
+                        return Ok(VmExit::ExternalInterrupt { vector: 0 });
+                    }
+                }
                 E::IoWrite { port, width, data } => {
                     self.port_write(port, width, data);
                     if self.power_ports.iter().any(|r| r.contains(port))
@@ -963,5 +984,17 @@ where
             .field("vcpus", &self.vcpus.len())
             .field("boot", &self.boot)
             .finish_non_exhaustive()
+    }
+}
+
+/// Makes a running VM's run loop return to its caller (see
+/// [`Vm::kicker`]).
+#[derive(Debug, Clone)]
+pub struct Kicker(Arc<AtomicBool>);
+
+impl Kicker {
+    /// Asks the run loop to return at the vCPU's next exit.
+    pub fn kick(&self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }

@@ -361,8 +361,8 @@ fn rdmsr(msr: u32) -> u64 {
 }
 
 fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: callers write EFER (SVME only), VM_HSAVE_PA and the x2APIC
-    // ICR (an IPI the hypervisor sends).
+    // SAFETY: callers write EFER (SVME only), VM_HSAVE_PA and, in x2APIC
+    // mode, the ICR (an IPI) and SVR (the enable bit only).
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
              options(nostack))
@@ -854,6 +854,125 @@ pub(crate) fn send_ipi(apic_id: u32, vector: u32) {
             core::ptr::write_volatile((mmio + 0x300) as *mut u32, vector | (1 << 14));
         }
     }
+}
+
+/// Software-enables this CPU's local APIC (SVR bit 8), which Linux turns
+/// off when it offlines a CPU (`apic_soft_disable`): then the fixed IPI of
+/// [`send_ipi`] reaches it and makes a guest running here exit. Its LVTs
+/// stay masked as Linux left them; INIT clears everything again.
+pub(crate) fn enable_local_apic() {
+    let base = rdmsr(0x1b);
+    if base & (1 << 10) != 0 {
+        wrmsr(0x80f, rdmsr(0x80f) | 0x100);
+    } else {
+        let svr = (base & 0x000f_ffff_ffff_f000) + 0xf0;
+        // SAFETY: the xAPIC page, identity mapped; SVR is read and written
+        // back with only the enable bit added.
+        unsafe {
+            let v = core::ptr::read_volatile(svr as *const u32);
+            core::ptr::write_volatile(svr as *mut u32, v | 0x100);
+        }
+    }
+}
+
+/// The IDT of a CPU that runs a guest VM (the CPU is Linux's no more):
+/// vector 2 (NMI) returns, the other exceptions (0-31) halt the CPU, and
+/// every interrupt vector acknowledges the local APIC and returns.
+#[repr(C, align(16))]
+struct GuestCpuIdt([u64; 512]);
+
+static mut GUEST_CPU_IDT: GuestCpuIdt = GuestCpuIdt([0; 512]);
+/// The xAPIC EOI register's address, or 0 in x2APIC mode (MSR 0x80B).
+#[unsafe(no_mangle)]
+static mut AXHV_EOI_MMIO: u64 = 0;
+
+global_asm!(
+    r#"
+    .text
+    .balign 16
+axhv_host_irq:
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    movq AXHV_EOI_MMIO(%rip), %rax
+    testq %rax, %rax
+    jz 1f
+    movl $0, (%rax)
+    jmp 2f
+1:  movl $0x80b, %ecx
+    xorl %eax, %eax
+    xorl %edx, %edx
+    wrmsr
+2:  popq %rdx
+    popq %rcx
+    popq %rax
+    iretq
+
+    .balign 16
+axhv_host_nmi:
+    iretq
+
+    .balign 16
+axhv_host_fault:
+    cli
+    hlt
+    jmp axhv_host_fault
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn axhv_host_irq();
+    fn axhv_host_nmi();
+    fn axhv_host_fault();
+}
+
+/// Takes this CPU's host interrupts with the hypervisor's own IDT and turns
+/// them on (RFLAGS.IF = 1), for a CPU about to run a guest VM: with the
+/// guest's V_INTR_MASKING the host's IF decides whether a physical
+/// interrupt (the IPI of [`send_ipi`]) makes the guest exit, and the
+/// interrupt is then taken here, acknowledged, and forgotten.
+pub(crate) fn host_interrupts_on() {
+    let cs: u16;
+    // SAFETY: reads CS.
+    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    let base = rdmsr(0x1b);
+    let eoi = if base & (1 << 10) != 0 {
+        0
+    } else {
+        (base & 0x000f_ffff_ffff_f000) + 0xb0
+    };
+    let idt = &raw mut GUEST_CPU_IDT;
+    // SAFETY: every guest CPU writes the same values (the gates and the EOI
+    // address do not differ between CPUs) before loading the table; no CPU
+    // takes an interrupt through it before its own `lidt` below.
+    unsafe {
+        (&raw mut AXHV_EOI_MMIO).write(eoi);
+        for v in 0..256usize {
+            let handler = match v {
+                2 => axhv_host_nmi as *const () as u64,
+                0..32 => axhv_host_fault as *const () as u64,
+                _ => axhv_host_irq as *const () as u64,
+            };
+            // Interrupt gate, present, DPL 0, no IST.
+            let low = (handler & 0xffff)
+                | (u64::from(cs) << 16)
+                | (0x8e << 40)
+                | ((handler >> 16) & 0xffff) << 48;
+            (*idt).0[2 * v] = low;
+            (*idt).0[2 * v + 1] = handler >> 32;
+        }
+        let mut idtr = [0u8; 10];
+        idtr[..2].copy_from_slice(&(4095u16).to_le_bytes());
+        idtr[2..].copy_from_slice(&(idt as u64).to_le_bytes());
+        asm!("lidt [{}]", "sti", in(reg) idtr.as_ptr(), options(nostack));
+    }
+}
+
+/// Turns host interrupts off again (before the CPU waits for INIT).
+pub(crate) fn host_interrupts_off() {
+    // SAFETY: clears RFLAGS.IF.
+    unsafe { asm!("cli", options(nomem, nostack)) };
 }
 
 /// Leaves SVM on this CPU and halts with interrupts off until Linux's

@@ -119,6 +119,8 @@ struct Slot {
     cpu: Option<u32>,
     state: u32,
     stop: Arc<AtomicBool>,
+    /// Gets the runner of the VM back from its exit loop.
+    kicker: axvm::Kicker,
 }
 
 static TABLE: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
@@ -274,9 +276,11 @@ impl VmControl for Table {
             free_before.saturating_sub(free_after) * 4
         );
         RINGS.lock().retain(|(i, _)| *i != id);
+        let kicker = vm.kicker();
         TABLE.lock().push(Slot {
             id,
             name: cfg.name.clone(),
+            kicker,
             vm: Some(Box::new(vm)),
             console,
             cpu: None,
@@ -313,6 +317,7 @@ impl VmControl for Table {
         let slot = t.iter().find(|s| s.id == id).ok_or(Errno::NoEnt)?;
         slot.stop.store(true, Ordering::Release);
         if let Some(cpu) = slot.cpu {
+            slot.kicker.kick();
             wake(cpu as usize);
         }
         Ok(())
@@ -323,6 +328,7 @@ impl VmControl for Table {
             let t = TABLE.lock();
             let slot = t.iter().find(|s| s.id == id).ok_or(Errno::NoEnt)?;
             slot.stop.store(true, Ordering::Release);
+            slot.kicker.kick();
             slot.cpu
         };
         if let Some(cpu) = cpu {
@@ -417,7 +423,8 @@ impl VmControl for Table {
 }
 
 /// Sends CPU `cpu` a fixed IPI, so that a guest running there exits (its
-/// VMCB intercepts physical interrupts) and the runner sees a stop request.
+/// VMCB intercepts physical interrupts) and, the VM kicked, its runner sees
+/// the stop request.
 fn wake(cpu: usize) {
     if cpu_state(cpu) != CpuState::Running {
         return;
@@ -430,6 +437,7 @@ fn wake(cpu: usize) {
 /// after [`HC_CPU_OFFER`](hv_app::hypercall::HC_CPU_OFFER)), waits for a
 /// VM, runs it to its end, then waits for Linux to start the CPU again.
 pub fn park(cpu: usize) -> ! {
+    crate::linux_entry::enable_local_apic();
     set_cpu_state(cpu, CpuState::Parked);
     loop {
         match MAILBOX[cpu].swap(0, Ordering::AcqRel) {
@@ -464,7 +472,9 @@ fn run_here(cpu: usize, id: u32) {
     let line = match vmm::enable_virtualization(cpu) {
         Some(mut per_cpu) => {
             println!("axhv: VM {id} ({name}) runs on CPU {cpu}");
+            crate::linux_entry::host_interrupts_on();
             let end = vmm::run_until(&mut vm, &|| stop.load(Ordering::Acquire));
+            crate::linux_entry::host_interrupts_off();
             console.finish();
             use axvcpu::AxArchPerCpu;
             let _ = per_cpu.hardware_disable();

@@ -99,6 +99,8 @@ pub enum VmEnd {
     /// The hypervisor could not go on with this VM (a bad configuration or
     /// image, a vCPU operation failed, host memory ran out).
     Error(String),
+    /// Stopped on request (Type-1.5: the root VM stopped or destroyed it).
+    Requested(String),
 }
 
 impl VmEnd {
@@ -196,6 +198,7 @@ impl fmt::Display for VmEnd {
             }
             Self::Unsupported(what) => write!(f, "stopped: not supported yet: {what}"),
             Self::Error(e) => write!(f, "stopped: hypervisor error: {e}"),
+            Self::Requested(why) => write!(f, "stopped: {why}"),
         }
     }
 }
@@ -459,6 +462,10 @@ mod tests {
         assert_eq!(
             VmEnd::Error("out of memory".into()).to_string(),
             "stopped: hypervisor error: out of memory"
+        );
+        assert_eq!(
+            VmEnd::Requested("by the root VM".into()).to_string(),
+            "stopped: by the root VM"
         );
     }
 

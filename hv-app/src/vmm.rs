@@ -347,7 +347,7 @@ pub(crate) fn run_until(vm: &mut HvVm, stop: &dyn Fn() -> bool) -> VmEnd {
     };
     loop {
         if stop() {
-            let end = VmEnd::Error("stopped by the root VM".into());
+            let end = VmEnd::Requested("by the root VM".into());
             vm.stop(StopReason::Requested(end.to_string()));
             return end;
         }

@@ -111,7 +111,8 @@ pub fn build_hv_app_linux() -> Result<PathBuf, String> {
 /// VM on CPU 1 (the `hello` test guest) while Linux runs on CPU 0, destroy
 /// (CPU 1 back online), disable; the first cycle also runs `hvctl
 /// selftest` (malformed hypercalls, a root-VM read of the hypervisor's
-/// memory).
+/// memory), the second a guest that is stopped for touching memory outside
+/// its own, the third a guest that never ends, destroyed while it runs.
 pub fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -138,6 +139,23 @@ for i in 1 2 3; do
     if [ $i = 1 ]; then
         hvctl selftest
         echo "axhv-rootvm: cycle $i: selftest exit status $?"
+    fi
+    if [ $i = 2 ]; then
+        # A guest that touches memory outside its own: stopped, reported.
+        hvctl vm create /axhv/test-guest.toml --image /axhv/isolation
+        hvctl vm wait 1 --timeout 60
+        hvctl vm console 1
+        hvctl vm destroy 1
+        echo "axhv-rootvm: cycle $i: misbehaving guest destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
+    fi
+    if [ $i = 3 ]; then
+        # A guest that never ends and makes no exits: destroyed while it runs.
+        hvctl vm create /axhv/test-guest.toml --image /axhv/spin
+        sleep 1
+        hvctl vm list
+        hvctl vm destroy 1
+        hvctl vm console 1
+        echo "axhv-rootvm: cycle $i: running guest destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
     fi
     sleep 1
     echo "axhv-rootvm: cycle $i: slept 1 s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s"
@@ -173,6 +191,32 @@ fn cycle(i: u32) -> Vec<String> {
         "destroyed VM 1".to_string(),
         format!("axhv-rootvm: cycle {i}: vm destroy exit status 0, CPUs online 0-1"),
     ];
+    if i == 2 {
+        v.extend(
+            [
+                "created VM 1",
+                "VM 1 has ended",
+                "[vm1] isolation:",
+                "VM 1 stopped: access to GPA 0x40000000 outside its memory",
+                "axhv: CPU 1 back online, under the hypervisor again",
+                "axhv-rootvm: cycle 2: misbehaving guest destroyed, CPUs online 0-1",
+            ]
+            .map(String::from),
+        );
+    }
+    if i == 3 {
+        v.extend(
+            [
+                "created VM 1",
+                "VM 1: running, CPUs 0x2",
+                "axhv: CPU 1 back online, under the hypervisor again",
+                "destroyed VM 1",
+                "hvctl: vm console: no such VM",
+                "axhv-rootvm: cycle 3: running guest destroyed, CPUs online 0-1",
+            ]
+            .map(String::from),
+        );
+    }
     if i == 1 {
         v.extend([
             "selftest: vm_create with buffers in the hypervisor's region -> -14 (EFAULT expected): ok".to_string(),
@@ -219,18 +263,31 @@ pub fn expect_hv() -> Vec<Vec<String>> {
             cpu0.push("root VM tried to access hypervisor memory at GPA 0x20001000".to_string());
         }
         cpu0.push("axhv: cpu0: leaving: Linux runs natively again".to_string());
-        cpu1.extend(
-            [
-                "axhv: cpu1: Linux runs as the root VM",
-                "axhv: cpu1: offlined by Linux: now the hypervisor's",
-                "axhv: VM 1 (test-guest) runs on CPU 1",
-                "axhv: VM 1 (test-guest) exited with status 0",
-                "axhv: cpu1: ready to be started again by Linux",
-                "axhv: cpu1: Linux runs as the root VM",
-                "axhv: cpu1: leaving: Linux runs natively again",
-            ]
-            .map(String::from),
-        );
+        let guest = [
+            "axhv: cpu1: offlined by Linux: now the hypervisor's",
+            "axhv: VM 1 (test-guest) runs on CPU 1",
+        ];
+        let back = [
+            "axhv: cpu1: ready to be started again by Linux",
+            "axhv: cpu1: Linux runs as the root VM",
+        ];
+        cpu1.push("axhv: cpu1: Linux runs as the root VM".to_string());
+        cpu1.extend(guest.map(String::from));
+        cpu1.push("axhv: VM 1 (test-guest) exited with status 0".to_string());
+        cpu1.extend(back.map(String::from));
+        if i == 2 {
+            cpu1.extend(guest.map(String::from));
+            cpu1.push(
+                "axhv: VM 1 stopped: access to GPA 0x40000000 outside its memory".to_string(),
+            );
+            cpu1.extend(back.map(String::from));
+        }
+        if i == 3 {
+            cpu1.extend(guest.map(String::from));
+            cpu1.push("axhv: VM 1 stopped: by the root VM".to_string());
+            cpu1.extend(back.map(String::from));
+        }
+        cpu1.push("axhv: cpu1: leaving: Linux runs natively again".to_string());
     }
     vec![cpu0, cpu1]
 }
@@ -350,7 +407,12 @@ pub fn run_guests(specs: &[crate::vms::VmSpec], qemu_cfg: &QemuConfig) -> Result
 }
 
 fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
-    let root = initramfs_at(hv_linux, &tasks::build_guests()?.join("hello"))?;
+    let guests = tasks::build_guests()?;
+    let root = initramfs_at(hv_linux, &guests.join("hello"))?;
+    for g in ["isolation", "spin"] {
+        std::fs::copy(guests.join(g), root.join("axhv").join(g))
+            .map_err(|e| format!("initramfs: guest {g}: {e}"))?;
+    }
     std::fs::write(root.join("init"), init_script()).map_err(|e| format!("init: {e}"))?;
     pack(&root, "initramfs-rootvm.cpio.gz")
 }

@@ -240,6 +240,19 @@ fn triple_fault_shutdown_and_failed_entry_end_the_vm() {
 }
 
 #[test]
+fn a_kick_returns_at_the_next_silent_exit() {
+    let (mut vm, _) = build(vec![E::Nothing, E::Nothing, E::Nothing, E::Halt]);
+    let kicker = vm.kicker();
+    kicker.kick();
+    // The first silent exit returns to the runner, once.
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::ExternalInterrupt { vector: 0 }));
+    assert_eq!(mock(&vm).runs, 1);
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(mock(&vm).runs, 4);
+    assert!(!vm.is_stopped());
+}
+
+#[test]
 fn nothing_and_interrupt_window_loop_external_interrupts_return() {
     let (mut vm, _) = build(vec![
         E::Nothing,
