@@ -53,7 +53,7 @@ pub fn init(boot: &BootInfo, mem: &IdentityMapped) -> Result<MemorySetup> {
     for r in reserved.as_slice() {
         log::debug!("  reserved [{:#x}, {:#x})", r.start, r.end);
     }
-    let mut usable: RangeSet<MAX_RANGES> = if boot.memory_map.is_some() {
+    let usable: RangeSet<MAX_RANGES> = if boot.memory_map.is_some() {
         usable_ranges(boot.memory_map(mem), reserved.as_slice(), IDENTITY_MAP_END)?
     } else {
         // No map: the loader's mem_upper, contiguous from 1 MiB.
@@ -84,13 +84,20 @@ pub fn init(boot: &BootInfo, mem: &IdentityMapped) -> Result<MemorySetup> {
         );
     }
 
+    install(usable)
+}
+
+/// Puts the allocator's bitmap in `usable` (identity mapped memory that
+/// nobody else owns), builds the allocator over the rest and gives the heap
+/// min(16 MiB, 1/8 of the frames).
+fn install(mut usable: RangeSet<MAX_RANGES>) -> Result<MemorySetup> {
     let words = FrameAllocator::bitmap_words(&usable);
     let bitmap_bytes = (words as u64 * 8).next_multiple_of(FRAME_SIZE);
     let bitmap_addr = usable.take(bitmap_bytes, FRAME_SIZE)?;
     // SAFETY: `take` removed these whole frames from the usable memory
-    // (which is identity mapped RAM below 4 GiB owned by nobody else), so
-    // the bitmap is exclusively ours for ever; any bit pattern is a valid
-    // u64 and FrameAllocator::new initialises all of it.
+    // (identity mapped RAM owned by nobody else), so the bitmap is
+    // exclusively ours for ever; any bit pattern is a valid u64 and
+    // FrameAllocator::new initialises all of it.
     let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap_addr as *mut u64, words) };
     let ranges = usable.len();
     let mut frames = FrameAllocator::new(bitmap, usable)?;
@@ -121,30 +128,7 @@ pub fn init_region(start: u64, end: u64) -> Result<MemorySetup> {
     let mut usable: RangeSet<MAX_RANGES> = RangeSet::default();
     usable.insert(PhysRange::new(start, end)?)?;
     usable.align_inward(FRAME_SIZE)?;
-    let words = FrameAllocator::bitmap_words(&usable);
-    let bitmap_bytes = (words as u64 * 8).next_multiple_of(FRAME_SIZE);
-    let bitmap_addr = usable.take(bitmap_bytes, FRAME_SIZE)?;
-    // SAFETY: `take` removed these frames from the region, which belongs
-    // to the hypervisor alone and is identity mapped by its page table.
-    let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap_addr as *mut u64, words) };
-    let ranges = usable.len();
-    let mut frames = FrameAllocator::new(bitmap, usable)?;
-    let heap_frames = (HEAP_MAX / FRAME_SIZE).min(frames.total_frames() / 8);
-    let heap_addr = frames
-        .alloc(heap_frames as usize, 1)
-        .ok_or(Error::OutOfMemory {
-            bytes: heap_frames * FRAME_SIZE,
-        })?;
-    let heap = PhysRange::with_len(heap_addr, heap_frames * FRAME_SIZE)?;
-    // SAFETY: frames just allocated for the heap and never freed, identity
-    // mapped.
-    unsafe { HEAP.init(heap.start as usize, heap.len() as usize)? };
-    *FRAMES.lock() = Some(frames);
-    Ok(MemorySetup {
-        ranges,
-        bitmap: PhysRange::with_len(bitmap_addr, bitmap_bytes)?,
-        heap,
-    })
+    install(usable)
 }
 
 /// Allocates `count` contiguous frames aligned to `align` frames; `None`

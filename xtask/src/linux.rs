@@ -177,16 +177,20 @@ pub fn probe_image(fail_cpu: Option<u32>) -> Vec<u8> {
     img
 }
 
-/// The initramfs's `/init`.
-pub fn init_script() -> String {
-    format!(
-        r#"#!/bin/busybox sh
+/// The start of every `/init` of ours: busybox's applets, /proc, /sys,
+/// /dev.
+pub const INIT_PRELUDE: &str = "#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo "axhv-initramfs: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+";
+
+/// The initramfs's `/init`.
+pub fn init_script() -> String {
+    format!(
+        r#"{INIT_PRELUDE}echo "axhv-initramfs: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
 echo "axhv-initramfs: a region that is System RAM must be refused:"
 insmod /lib/modules/axhv.ko hv_mem=0x1000000 hv_size=0x200000 && rmmod axhv
 echo "axhv-initramfs: without the region parameters it must refuse too:"

@@ -115,13 +115,7 @@ pub fn build_hv_app_linux() -> Result<PathBuf, String> {
 /// its own, the third a guest that never ends, destroyed while it runs.
 pub fn init_script() -> String {
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+        r#"{prelude}echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
 insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} && echo "axhv-rootvm: module loaded"
 for i in 1 2 3; do
     hvctl enable --image /axhv/hv-app-linux.bin
@@ -165,6 +159,7 @@ done
 echo "axhv-rootvm: done"
 poweroff -f
 "#,
+        prelude = linux::INIT_PRELUDE,
         mem = HV_MEM,
         size = linux::HV_SIZE
     )
@@ -297,13 +292,7 @@ pub fn expect_hv() -> Vec<Vec<String>> {
 /// CPU Linux gives up, its console, destroy; disable; power off.
 pub fn guests_init_script(vms: usize, wait_secs: u64) -> String {
     let mut s = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+        r#"{prelude}echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
 insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} || {{ echo "axhv-run: insmod failed"; poweroff -f; }}
 if ! hvctl enable --image /axhv/hv-app-linux.bin; then
     echo "axhv-run: enable failed (see the lines above)"
@@ -311,6 +300,7 @@ if ! hvctl enable --image /axhv/hv-app-linux.bin; then
 fi
 echo "axhv-run: Linux still runs after the enable, as the root VM (uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online))"
 "#,
+        prelude = linux::INIT_PRELUDE,
         mem = HV_MEM,
         size = linux::HV_SIZE
     );
