@@ -5,12 +5,24 @@ use alloc::{collections::VecDeque, vec::Vec};
 
 use spin::Mutex;
 
-/// The receiving end of a UART's transmitter: one call per byte the guest
-/// sends. Called with the UART's lock held (so bytes keep their order):
-/// must not call back into the UART.
+/// The other end of a UART's serial line: one [`write_byte`] call per byte
+/// the guest sends, and [`read_byte`] for input. Called with the UART's
+/// lock held (so bytes keep their order): must not call back into the
+/// UART.
+///
+/// [`write_byte`]: Self::write_byte
+/// [`read_byte`]: Self::read_byte
 pub trait UartBackend: Send + Sync {
     /// Takes one byte sent by the guest.
     fn write_byte(&self, b: u8);
+
+    /// Gives the next byte of input, if one is waiting. The UART asks when
+    /// the guest polls its receiver (reads LSR or RBR) while the receive
+    /// queue is empty, so a polling guest sees input without interrupts
+    /// and without a host thread feeding it. The default has no input.
+    fn read_byte(&self) -> Option<u8> {
+        None
+    }
 }
 
 /// Any `Fn(u8)` closure is a backend, e.g. `|b| host_console_putc(b)`.

@@ -21,6 +21,17 @@ pub trait Clock: Send + Sync {
     fn tsc(&self) -> u64 {
         self.now_ns()
     }
+    /// Asks the host to interrupt the guest at `at_ns` (on the
+    /// [`now_ns`](Self::now_ns) scale), or, with `None`, no longer: a VM
+    /// calls it before entering a vCPU whenever the next deadline of its
+    /// timer devices changes, so that a guest spinning without VM exits (an
+    /// idle loop) still gets its timer interrupt on time. The wake-up
+    /// should repeat until it is changed (a periodic host timer): the VM
+    /// does not ask again if one came too early or was lost. The default
+    /// does nothing: timers then fire at the next exit.
+    fn set_wakeup(&self, at_ns: Option<u64>) {
+        let _ = at_ns;
+    }
 }
 
 /// Register offsets (HPET spec 1.0a, table 2).

@@ -784,6 +784,61 @@ mod uart {
         assert_eq!(r.inb(IIR), 0x01);
     }
 
+    /// A backend with scripted input that counts how often it was asked.
+    struct TypedInput {
+        input: spin::Mutex<alloc::collections::VecDeque<u8>>,
+        asked: core::sync::atomic::AtomicUsize,
+    }
+
+    impl UartBackend for TypedInput {
+        fn write_byte(&self, _b: u8) {}
+        fn read_byte(&self) -> Option<u8> {
+            self.asked
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            self.input.lock().pop_front()
+        }
+    }
+
+    #[test]
+    fn polling_guest_pulls_backend_input_one_byte_at_a_time() {
+        let typed = Arc::new(TypedInput {
+            input: spin::Mutex::new(b"ls\r".iter().copied().collect()),
+            asked: core::sync::atomic::AtomicUsize::new(0),
+        });
+        let uart = Arc::new(Uart16550::com1(typed.clone()));
+        let mut set = DeviceSet::new();
+        set.add_port(uart.clone()).unwrap();
+        let inb = |p: u16| set.handle_port_read(p, AccessWidth::Byte).unwrap() as u8;
+        let asked = || typed.asked.load(core::sync::atomic::Ordering::Relaxed);
+        // The guest's polled getchar: LSR.DR (bit 0), then RBR.
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            if inb(LSR) & 0x01 != 0 {
+                got.push(inb(THR));
+            }
+        }
+        assert_eq!(got, b"ls\r");
+        // Only an empty receiver asks: 3 LSR polls found a byte, the RBR
+        // reads found it queued, and 7 polls found nothing more.
+        assert_eq!(asked(), 10);
+        assert_eq!(uart.pending_input(), 0);
+        // Queued bytes go first; the backend is not asked while they last.
+        assert_eq!(uart.push_input(b"q"), 1);
+        typed.input.lock().push_back(b'x');
+        assert_eq!(inb(LSR), 0x61);
+        assert_eq!(inb(THR), b'q');
+        assert_eq!(asked(), 10, "`q` was queued: nobody asked");
+        assert_eq!(inb(LSR), 0x61);
+        assert_eq!(asked(), 11);
+        assert_eq!(inb(THR), b'x');
+        // Loopback disconnects the serial input: the backend is not asked.
+        set.handle_port_write(MCR, AccessWidth::Byte, 0x10).unwrap();
+        typed.input.lock().push_back(b'y');
+        let before = asked();
+        assert_eq!(inb(LSR) & 0x01, 0);
+        assert_eq!(asked(), before);
+    }
+
     #[test]
     fn input_overflow_sets_overrun() {
         let r = Rig::with_capacity(4);

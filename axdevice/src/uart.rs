@@ -4,7 +4,9 @@
 //! Transmission is instantaneous: a byte written to THR goes straight to the
 //! [`UartBackend`], so LSR.THRE and LSR.TEMT always read 1. Received bytes
 //! come from [`Uart16550::push_input`] into a bounded queue that plays the
-//! part of the receiver FIFO.
+//! part of the receiver FIFO, or from the backend's
+//! [`read_byte`](UartBackend::read_byte), one byte at a time, when the guest
+//! polls an empty receiver.
 
 use alloc::{collections::VecDeque, format, string::String, sync::Arc};
 
@@ -367,10 +369,25 @@ impl Uart16550 {
         }
     }
 
+    /// The guest polls the receiver: if the receive queue is empty, take
+    /// one byte of the backend's input, if any. Not in loopback, where the
+    /// serial input is disconnected.
+    fn poll_backend(&self, st: &mut UartState) {
+        if st.rx.is_empty()
+            && !st.loopback()
+            && let Some(b) = self.backend.read_byte()
+        {
+            st.receive(b);
+        }
+    }
+
     fn read_reg(&self, st: &mut UartState, off: usize) -> u8 {
         match off {
             RBR_THR_DLL if st.dlab() => st.dll,
-            RBR_THR_DLL => st.rx.pop_front().unwrap_or(0),
+            RBR_THR_DLL => {
+                self.poll_backend(st);
+                st.rx.pop_front().unwrap_or(0)
+            }
             IER_DLM if st.dlab() => st.dlm,
             IER_DLM => st.ier,
             IIR_FCR => {
@@ -384,6 +401,7 @@ impl Uart16550 {
             LCR => st.lcr,
             MCR => st.mcr,
             LSR => {
+                self.poll_backend(st);
                 let lsr = st.lsr();
                 st.lsr_errors = 0;
                 lsr

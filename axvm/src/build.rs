@@ -20,6 +20,12 @@ use crate::{Error, Result};
 /// conventional low-memory area below the EBDA that boot loaders use.
 pub const MULTIBOOT_INFO_GPA: usize = 0x9000;
 
+/// Size of the boot stack a multiboot kernel gets (ESP points to its top).
+/// The Multiboot specification leaves ESP undefined, but kernels such as
+/// NimbOS push (`push`/`retf` into long mode) before they load a stack of
+/// their own, as boot loaders leave ESP in low RAM.
+pub const MULTIBOOT_STACK_SIZE: u64 = 0x1000;
+
 /// The boot loader name given to multiboot kernels.
 pub const BOOT_LOADER_NAME: &str = "axhv";
 
@@ -154,6 +160,33 @@ fn place_info(config: &VmConfig, plan: &LoadPlan, len: u64) -> Option<u64> {
     })
 }
 
+/// The top of a [`MULTIBOOT_STACK_SIZE`] boot stack in RAM below 4 GiB that
+/// neither the image nor the information area `[info, info + info_len)`
+/// uses: right below the information area when free, else right after it,
+/// else the first free spot [`place_info`] would pick.
+fn place_stack(config: &VmConfig, plan: &LoadPlan, info: u64, info_len: u64) -> Option<u64> {
+    let info_end = (info + info_len).next_multiple_of(PAGE);
+    let free = |a: u64| {
+        a >= PAGE
+            && a.checked_add(MULTIBOOT_STACK_SIZE)
+                .is_some_and(|end| end <= FOUR_GIB)
+            && config.is_ram_range(a, MULTIBOOT_STACK_SIZE)
+            && !overlaps_image(plan, a, MULTIBOOT_STACK_SIZE)
+            && (a + MULTIBOOT_STACK_SIZE <= info || info_end <= a)
+    };
+    let mut candidates: Vec<u64> = alloc::vec![info.saturating_sub(MULTIBOOT_STACK_SIZE), info_end];
+    candidates.extend(config.ram_regions().map(|r| r.gpa.max(PAGE)));
+    candidates.extend(
+        plan.segments
+            .iter()
+            .map(|s| (s.end().as_usize() as u64).next_multiple_of(PAGE)),
+    );
+    candidates
+        .into_iter()
+        .find(|&a| free(a))
+        .map(|a| a + MULTIBOOT_STACK_SIZE)
+}
+
 /// Loads `image` into `mem` as `config.kernel` says and returns how the
 /// guest starts.
 ///
@@ -163,7 +196,9 @@ fn place_info(config: &VmConfig, plan: &LoadPlan, len: u64) -> Option<u64> {
 ///   line, boot loader name) is written to a free spot of low RAM
 ///   ([`MULTIBOOT_INFO_GPA`] when the image leaves it free); the vCPU
 ///   starts in 32-bit protected mode with EAX = `0x2BADB002`, EBX = its
-///   address.
+///   address, and ESP at the top of a free [`MULTIBOOT_STACK_SIZE`] page of
+///   low RAM (right below the information when free), for kernels that
+///   push before they set up a stack.
 /// - `raw`: the whole file at `kernel.load_addr`, entered at `kernel.entry`
 ///   (default: the load address) in 32-bit protected mode, paging off,
 ///   flat segments, general registers 0.
@@ -243,11 +278,17 @@ fn load_multiboot<M: GuestMemory + ?Sized>(
     let info = builder.build(gpa(at))?;
     let ebx = info.write_to(mem)?;
     let (lo, hi) = plan.extent().unwrap_or((plan.entry, plan.entry));
+    let entry = u32::try_from(plan.entry.as_usize()).map_err(|_| Error::AddressAbove4GiB {
+        what: "multiboot entry",
+        addr: plan.entry.as_usize() as u64,
+    })?;
+    let mut state = GuestState::multiboot(entry, ebx);
+    state.rsp = place_stack(config, &plan, at, len).unwrap_or(0);
     Ok(BootSetup {
         entry: plan.entry,
         image_extent: (lo, hi),
         multiboot_info: Some(info.gpa),
-        protocol: BootProtocol::Multiboot { info_paddr: ebx },
+        protocol: BootProtocol::Custom(Box::new(state)),
     })
 }
 

@@ -12,7 +12,7 @@ mod memory;
 mod stats;
 mod vm;
 
-pub use build::{BOOT_LOADER_NAME, BootSetup, MULTIBOOT_INFO_GPA};
+pub use build::{BOOT_LOADER_NAME, BootSetup, MULTIBOOT_INFO_GPA, MULTIBOOT_STACK_SIZE};
 pub use error::{Error, Result};
 pub use exit::{StopReason, VmExit, VmState};
 pub use memory::{MAX_INSN_LEN, fetch_code, fetch_code_cached};

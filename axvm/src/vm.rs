@@ -11,6 +11,7 @@ use axaddrspace::{
 use axdevice::{Clock, DeviceSet, PortDevice, PortRange, Uart16550, UartBackend};
 use axvcpu::{AxArchVCpu, AxVCpu, AxVCpuExitReason, VCpuState};
 use axvmconfig::VmConfig;
+use x86_vcpu::mmio_rmw::decode_mmio_rmw;
 use x86_vcpu::{X86VcpuExt, X86VcpuSetupConfig};
 use x86_vlapic::{ApicEvent, ApicTime, DeliveryMode, IpiRequest, TimerDeadline, VLocalApic};
 
@@ -60,6 +61,9 @@ where
     /// One virtual local APIC per vCPU when the configuration has a
     /// `lapic` device (empty otherwise).
     lapics: Vec<VLocalApic>,
+    /// Per vCPU, the wake-up last asked of the clock
+    /// ([`Clock::set_wakeup`](axdevice::Clock::set_wakeup)).
+    wakeups: Vec<Option<u64>>,
     /// The ports of `debug_exits` and `power_offs`: only a write there can
     /// end the VM.
     power_ports: Vec<PortRange>,
@@ -178,6 +182,7 @@ where
             debug_exits: devs.debug_exits,
             power_offs: devs.power_offs,
             pic: devs.pic,
+            wakeups: alloc::vec![None; lapics.len()],
             lapics,
             clock,
             power_ports,
@@ -706,7 +711,80 @@ where
             .decode_mmio(gpa, &bytes[..len]);
         match decoded {
             Ok(ref exit) => self.complete_mmio(id, exit, Some(dev)),
+            Err(e @ x86_vcpu::Error::Decode(_)) => {
+                self.emulate_mmio_rmw(id, gpa, dev, &bytes[..len], e, loc.linear_rip)
+            }
             Err(e) => Ok(Some(decode_failed(gpa, loc.linear_rip, &bytes[..len], e))),
+        }
+    }
+
+    /// Emulates an instruction that is not a move, such as `and qword
+    /// [hpet + 0x100], -5`, as a read-modify-write (or compare) of the
+    /// device register at `gpa`: reads it, lets the vCPU compute the result
+    /// and flags and step RIP, writes the result back. If it is none of
+    /// those either, the VM stops with `move_error` (why it is not a move).
+    #[cold]
+    #[inline(never)]
+    fn emulate_mmio_rmw(
+        &mut self,
+        id: usize,
+        gpa: GuestPhysAddr,
+        dev: usize,
+        insn: &[u8],
+        move_error: x86_vcpu::Error,
+        rip: u64,
+    ) -> Result<Option<VmExit>> {
+        let loc = self.vcpus[id].arch_vcpu().guest_code_location();
+        let Ok(rmw) = decode_mmio_rmw(insn, loc.bitness) else {
+            return Ok(Some(decode_failed(gpa, rip, insn, move_error)));
+        };
+        let old = self.mmio_read_value(id, gpa, dev, rmw.width);
+        let mut write = None;
+        let done = self.vcpus[id]
+            .arch_vcpu_mut()
+            .emulate_mmio_rmw(insn, &mut |_, value| {
+                if value.is_some() {
+                    write = value;
+                }
+                old
+            });
+        if let Err(e) = done {
+            return Ok(Some(decode_failed(gpa, rip, insn, e)));
+        }
+        match write {
+            Some(data) => {
+                let exit = AxVCpuExitReason::MmioWrite {
+                    addr: gpa,
+                    width: rmw.width,
+                    data,
+                };
+                self.complete_mmio(id, &exit, Some(dev))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The value of the device register (or xAPIC register when `dev` is
+    /// `usize::MAX`) at `gpa`, read as an MMIO load would.
+    fn mmio_read_value(
+        &mut self,
+        id: usize,
+        gpa: GuestPhysAddr,
+        dev: usize,
+        width: AccessWidth,
+    ) -> u64 {
+        self.stats.mmio_reads += 1;
+        if dev == usize::MAX && self.lapic_page(id, gpa) {
+            let now = self.apic_now();
+            let off = (gpa.as_usize() & 0xfff) as u32;
+            return match self.lapic_mut(id).map(|a| a.read_xapic(off, width, now)) {
+                Some(Ok(v)) => u64::from(v),
+                _ => 0,
+            };
+        }
+        match self.devices.handle_mmio_read_at(dev, gpa, width) {
+            Ok(v) => v,
+            Err(e) => self.mmio_read_failed(width, e),
         }
     }
 
@@ -778,12 +856,43 @@ where
             return Ok(());
         };
         apic.poll_timer(now);
+        let deadline = apic.next_deadline();
         if let Some(vector) = apic.highest_pending()
             && apic.ack(vector)
         {
             self.vcpus[id].inject_interrupt(vector)?;
         }
+        self.set_wakeup(id, deadline, now);
         Ok(())
+    }
+
+    /// Asks the clock for a wake-up at the next timer `deadline` of vCPU
+    /// `id` (when it changed), so that a guest that spins without exits
+    /// gets its timer interrupt on time. A TSC deadline becomes a wake-up
+    /// within [`TSC_DEADLINE_POLL_NS`], as the clock's TSC rate is unknown
+    /// here.
+    #[inline]
+    fn set_wakeup(&mut self, id: usize, deadline: Option<TimerDeadline>, now: ApicTime) {
+        let Some(clock) = self.clock.as_ref() else {
+            return;
+        };
+        let Some(slot) = self.wakeups.get_mut(id) else {
+            return;
+        };
+        let at = match deadline {
+            None => None,
+            Some(TimerDeadline::Ns(t)) => Some(t),
+            Some(TimerDeadline::Tsc(t)) if t <= now.tsc => Some(now.ns),
+            // The poll asked for before is still ahead: keep it.
+            Some(TimerDeadline::Tsc(_)) => match *slot {
+                Some(prev) if prev > now.ns => Some(prev),
+                _ => Some(now.ns.saturating_add(TSC_DEADLINE_POLL_NS)),
+            },
+        };
+        if *slot != at {
+            *slot = at;
+            clock.set_wakeup(at);
+        }
     }
 
     /// vCPU `id` halted: waits for its APIC timer if one is armed and says
@@ -946,6 +1055,10 @@ where
         }
     }
 }
+
+/// How soon the host wakes a guest whose local APIC timer is in
+/// TSC-deadline mode (the deadline in nanoseconds is not known here).
+pub const TSC_DEADLINE_POLL_NS: u64 = 1_000_000;
 
 /// The exit for an MMIO access whose instruction could not be fetched.
 #[cold]

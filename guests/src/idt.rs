@@ -93,6 +93,15 @@ impl Gate {
         }
     }
 
+    /// The same gate with descriptor privilege level `dpl` (0-3): an `INT n`
+    /// from CPL 3 may use the gate only if its DPL is 3 (otherwise #GP).
+    pub const fn with_dpl(self, dpl: u8) -> Self {
+        Self {
+            attr: (self.attr & !0x60) | ((dpl & 3) << 5),
+            ..self
+        }
+    }
+
     /// The descriptor as the CPU reads it: bits 0..64 the low quadword.
     pub const fn to_bits(&self) -> u128 {
         (self.offset_low as u128)
@@ -306,6 +315,10 @@ mod tests {
         assert_eq!(g.to_bits(), 0xffff_8000_1234_8e00_0008_5678);
         assert_eq!(core::mem::size_of::<Gate>(), 16);
         assert_eq!(Gate::MISSING.to_bits(), 0);
+        // DPL 3 (attribute 0xEE), as for `int 0x80` from user mode.
+        let user = g.with_dpl(3);
+        assert_eq!(user.to_bits(), 0xffff_8000_1234_ee00_0008_5678);
+        assert_eq!(user.with_dpl(0), g);
     }
 
     #[test]

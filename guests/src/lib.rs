@@ -9,6 +9,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod idt;
 pub mod multiboot;
+pub mod ring3;
 
 #[cfg(target_os = "none")]
 pub mod console;

@@ -100,6 +100,15 @@ pub fn flush_deferred() {
     p.dropped = 0;
 }
 
+/// A byte typed on COM1, if one is waiting: a Type-1 guest's console
+/// input. None while output is deferred (Type-1.5: COM1 is Linux's).
+pub fn read_byte() -> Option<u8> {
+    if DEFERRED.load(Ordering::Acquire) {
+        return None;
+    }
+    COM1.lock().try_read_byte()
+}
+
 /// Writes formatted text to the console (used by `print!`/`println!`).
 pub fn print(args: fmt::Arguments<'_>) {
     if DEFERRED.load(Ordering::Acquire) {

@@ -27,6 +27,8 @@ mod gdt;
 #[cfg(target_os = "none")]
 mod hal;
 #[cfg(target_os = "none")]
+mod host_timer;
+#[cfg(target_os = "none")]
 mod lapic;
 #[cfg(target_os = "none")]
 mod linux_entry;

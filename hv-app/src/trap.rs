@@ -154,6 +154,18 @@ pub fn init() {
     load();
 }
 
+/// Installs an interrupt gate (DPL 0, no IST) at `vector` for `handler`,
+/// an interrupt stub ending in `iretq` (`host_timer`'s). Call on the BSP
+/// before interrupts are turned on.
+pub fn set_interrupt_gate(vector: u8, handler: u64) {
+    let gate = idt_gate(GateType::Interrupt, handler, KERNEL_CS, 0, 0)
+        .unwrap_or_else(|e| unreachable!("IST 0 and DPL 0 are in range: {e}"));
+    let idt = &raw mut IDT;
+    // SAFETY: one 16-byte store into the loaded IDT, with interrupts still
+    // off on this CPU; raw pointer, no reference to the `static mut`.
+    unsafe { (*idt).0[usize::from(vector)] = gate };
+}
+
 /// Loads the shared IDT on this CPU: the BSP through [`init`], each AP
 /// once its own GDT and TSS are loaded (the gates' IST indexes then pick
 /// its own stacks).

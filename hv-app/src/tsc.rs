@@ -83,6 +83,16 @@ impl axdevice::Clock for VmClock {
     fn tsc(&self) -> u64 {
         rdtsc()
     }
+
+    /// The host's local APIC timer ([`crate::host_timer`], Type-1 only), at
+    /// the first TSC value whose [`now_ns`](axdevice::Clock::now_ns) is at
+    /// least `at_ns` (rounded up, so the VM's timer is due when it fires).
+    fn set_wakeup(&self, at_ns: Option<u64>) {
+        let hz = u128::from(self.hz.max(1));
+        crate::host_timer::arm(at_ns.map(|ns| {
+            u64::try_from((u128::from(ns) * hz).div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
+        }));
+    }
 }
 
 static HZ: spin::Once<u64> = spin::Once::new();

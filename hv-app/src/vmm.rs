@@ -159,6 +159,9 @@ pub fn enable_virtualization(cpu_id: usize) -> Option<X86PerCpu<HvHal>> {
 pub fn run_all(vms: &[VmParts]) -> Option<u32> {
     let virt = check_virtualization()?;
     let mut per_cpu = enable_virtualization(0)?;
+    if let Err(e) = crate::host_timer::start() {
+        log::warn!("{e}: a guest that spins without exits misses its timer interrupts");
+    }
 
     let mut summary = RunSummary::new();
     for (i, vm) in vms.iter().enumerate() {
@@ -169,6 +172,7 @@ pub fn run_all(vms: &[VmParts]) -> Option<u32> {
         let usable = virt.tags.saturating_sub(1).max(1);
         let tag = u16::try_from(1 + i as u32 % usable).unwrap_or(1);
         let end = run_one(i, vm, virt.nested, tag);
+        crate::host_timer::arm(None);
         summary.record(&end);
         if !host_state_intact() {
             return None;
@@ -213,9 +217,9 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// Prints one line of a guest's console.
+/// Prints one line of a guest's console (a prompt without its end of line).
 fn print_guest_line(line: VmLine<'_>) {
-    println!("{line}");
+    print!("{}", line.terminated());
 }
 
 /// Builds and runs VM number `index` (its vCPUs tagged `tag`); prints how
@@ -230,7 +234,8 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
         }
     };
     let id = config.id;
-    let console = Arc::new(VmConsole::new(id, print_guest_line));
+    let console =
+        Arc::new(VmConsole::new(id, print_guest_line).with_input(crate::console::read_byte));
     let backend: Arc<dyn UartBackend> = console.clone();
     let per_vcpu_bytes = vcpu_frames(tag).saturating_mul(FRAME_SIZE);
     let (free_before, _) = crate::mem::frame_counts();
@@ -376,8 +381,9 @@ pub(crate) fn run_until(vm: &mut HvVm, stop: &dyn Fn() -> bool) -> VmEnd {
                     return stop(vm, VmEnd::Error(Error::from(e).to_string()));
                 }
             }
-            // The host took its interrupt; nothing else to schedule yet.
-            VmExit::ExternalInterrupt { .. } => {}
+            // The host's timer (its wake-up, `host_timer`): nothing else to
+            // do; the loop enters again and fires the guest's timer.
+            VmExit::ExternalInterrupt { vector } => crate::host_timer::acknowledge(vector),
             VmExit::Halt => {
                 let rip = Stopped(vm).rip();
                 return stop(vm, VmEnd::Halted { rip });

@@ -3,8 +3,16 @@
 //! The guest must not see VMX or SVM (this hypervisor does not nest), must see
 //! the "hypervisor present" bit and this hypervisor's leaves at
 //! `0x4000_0000`, and must see its own APIC ID rather than the physical one.
+//!
+//! When the TSC frequency is known ([`CpuidPolicy::tsc_khz`]), it is also
+//! reported where guests look for it without knowing this hypervisor: leaf
+//! [`FREQ_LEAF`] (`0x16`, Intel's "processor frequency information", which
+//! NimbOS and ArceOS read through raw-cpuid) with the maximum basic leaf
+//! raised to reach it. Basic leaves the host does not have, between its own
+//! maximum and `0x16`, then read as zeros ([`CpuidPolicy::answer`]): the
+//! processor would otherwise return the data of its highest leaf for them.
 
-use crate::vendor::{CpuidResult, EXT1_ECX_SVM, leaf1_ecx};
+use crate::vendor::{CpuidResult, CpuidSource, EXT1_ECX_SVM, leaf1_ecx};
 
 /// First hypervisor leaf.
 pub const HV_LEAF_BASE: u32 = 0x4000_0000;
@@ -17,6 +25,10 @@ pub const HV_LEAF_TIMING: u32 = 0x4000_0010;
 pub const HV_MAX_LEAF: u32 = HV_LEAF_TIMING;
 /// The virtual local APIC's default timer input: 1 GHz (in kHz).
 pub const DEFAULT_APIC_BUS_KHZ: u32 = 1_000_000;
+/// Processor frequency leaf (Intel SDM vol. 2A, CPUID leaf 16H): EAX =
+/// base frequency in MHz, EBX = maximum frequency in MHz, ECX = bus
+/// (reference) frequency in MHz, each in bits 15:0.
+pub const FREQ_LEAF: u32 = 0x16;
 /// The 12-byte signature returned in EBX, ECX, EDX of leaf `0x4000_0000`.
 pub const HV_SIGNATURE: [u8; 12] = *b"AxHvAxHvAxHv";
 
@@ -53,6 +65,36 @@ impl CpuidPolicy {
         }
     }
 
+    /// Whether the guest's maximum basic leaf is raised to [`FREQ_LEAF`]:
+    /// when the TSC frequency is known.
+    pub const fn reports_frequency_leaf(&self) -> bool {
+        self.tsc_khz != 0
+    }
+
+    /// What the guest sees for CPUID(`leaf`, `subleaf`), asking the host
+    /// processor `host` (the exit handlers' entry point). A basic leaf the
+    /// host lacks but the guest sees (up to [`FREQ_LEAF`], when the maximum
+    /// is raised) starts from zeros instead of the host's answer; only
+    /// leaves 2 to `0x16` cost the extra host CPUID that tells.
+    #[inline]
+    pub fn answer(
+        &self,
+        leaf: u32,
+        subleaf: u32,
+        host: &impl CpuidSource,
+        guest_cr4: u64,
+    ) -> CpuidResult {
+        let raw = if self.reports_frequency_leaf()
+            && (2..=FREQ_LEAF).contains(&leaf)
+            && host.cpuid(0, 0).eax < leaf
+        {
+            CpuidResult::default()
+        } else {
+            host.cpuid(leaf, subleaf)
+        };
+        self.filter(leaf, subleaf, raw, guest_cr4)
+    }
+
     /// What the guest sees for CPUID(`leaf`, `subleaf`), given what the host
     /// returned (`host`) and the guest's CR4 (for the OSXSAVE bit, which the
     /// processor derives from the CR4 of whoever ran CPUID: the host).
@@ -66,6 +108,7 @@ impl CpuidPolicy {
         let _ = subleaf;
         let mut r = host;
         match leaf {
+            0 if self.reports_frequency_leaf() => r.eax = r.eax.max(FREQ_LEAF),
             1 => {
                 r.ecx &= !(leaf1_ecx::VMX | leaf1_ecx::SMX | leaf1_ecx::MONITOR);
                 r.ecx |= leaf1_ecx::HYPERVISOR;
@@ -78,6 +121,10 @@ impl CpuidPolicy {
             }
             // MONITOR/MWAIT leaf: hidden with the feature bit.
             5 => r = CpuidResult::default(),
+            FREQ_LEAF if self.reports_frequency_leaf() => {
+                let tsc = mhz(self.tsc_khz);
+                r = CpuidResult::new(tsc, tsc, mhz(self.apic_bus_khz), 0);
+            }
             // Extended topology: EDX = x2APIC ID of this logical processor.
             0xB | 0x1F => r.edx = self.apic_id,
             HV_LEAF_BASE => {
@@ -103,6 +150,13 @@ impl CpuidPolicy {
         }
         r
     }
+}
+
+/// `khz` in MHz, rounded to nearest, saturated to the 16 bits leaf 0x16
+/// has per field.
+const fn mhz(khz: u32) -> u32 {
+    let m = (khz as u64 + 500) / 1000;
+    if m > 0xffff { 0xffff } else { m as u32 }
 }
 
 fn set_bit(reg: &mut u32, bit: u32, on: bool) {
@@ -188,6 +242,86 @@ mod tests {
             p.filter(0x4000_000f, 0, CpuidResult::new(9, 9, 9, 9), 0),
             CpuidResult::default()
         );
+    }
+
+    /// The TSC frequency hv-app measured under QEMU TCG in one run.
+    const TSC_KHZ: u32 = 2_994_512;
+
+    fn with_tsc() -> CpuidPolicy {
+        CpuidPolicy {
+            tsc_khz: TSC_KHZ,
+            ..CpuidPolicy::new(0)
+        }
+    }
+
+    #[test]
+    fn max_basic_leaf_is_raised_to_0x16_when_the_tsc_frequency_is_known() {
+        // QEMU `-cpu EPYC`: level 0xd, "AuthenticAMD".
+        let epyc = CpuidResult::new(0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65);
+        assert_eq!(CpuidPolicy::new(0).filter(0, 0, epyc, 0), epyc);
+        let r = with_tsc().filter(0, 0, epyc, 0);
+        assert_eq!(r.eax, 0x16);
+        assert_eq!((r.ebx, r.ecx, r.edx), (epyc.ebx, epyc.ecx, epyc.edx));
+        // A host that already goes further keeps its maximum.
+        let icelake = CpuidResult::new(0x1b, 1, 2, 3);
+        assert_eq!(with_tsc().filter(0, 0, icelake, 0).eax, 0x1b);
+    }
+
+    #[test]
+    fn frequency_leaf_reports_tsc_and_bus_mhz() {
+        // i7-6700K's own leaf 0x16: 4000 MHz base, 4200 max, 100 MHz bus.
+        let host = CpuidResult::new(0xfa0, 0x1068, 0x64, 0);
+        // Unknown frequency: the host's leaf passes through.
+        assert_eq!(CpuidPolicy::new(0).filter(0x16, 0, host, 0), host);
+        // 2994.512 MHz rounds to 2995; the vLAPIC's 1 GHz bus is 1000 MHz.
+        assert_eq!(
+            with_tsc().filter(0x16, 0, host, 0),
+            CpuidResult::new(2995, 2995, 1000, 0)
+        );
+        let p = CpuidPolicy {
+            tsc_khz: 2_400_000,
+            apic_bus_khz: 99_500,
+            ..CpuidPolicy::new(0)
+        };
+        assert_eq!(
+            p.filter(0x16, 0, CpuidResult::default(), 0),
+            CpuidResult::new(2400, 2400, 100, 0)
+        );
+        // Each field has 16 bits.
+        let p = CpuidPolicy {
+            tsc_khz: u32::MAX,
+            ..CpuidPolicy::new(0)
+        };
+        assert_eq!(p.filter(0x16, 0, host, 0).eax, 0xffff);
+    }
+
+    #[test]
+    fn leaves_the_host_lacks_read_as_zero_below_the_raised_maximum() {
+        use crate::vendor::FakeCpuid;
+        let leaf_d = CpuidResult::new(0x7, 0x340, 0x340, 0);
+        // QEMU answers a leaf above its maximum with the data of its highest
+        // leaf (0xd), as Intel documents.
+        let host = FakeCpuid::new()
+            .with(
+                0,
+                0,
+                CpuidResult::new(0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65),
+            )
+            .with(0xd, 0, leaf_d)
+            .with(0x10, 0, leaf_d)
+            .with(0x16, 0, leaf_d)
+            .with(0x8000_0008, 0, CpuidResult::new(0x3030, 0, 0, 0));
+        let p = with_tsc();
+        assert_eq!(p.answer(0, 0, &host, 0).eax, 0x16);
+        assert_eq!(p.answer(0xd, 0, &host, 0), leaf_d);
+        assert_eq!(p.answer(0x10, 0, &host, 0), CpuidResult::default());
+        assert_eq!(
+            p.answer(0x16, 0, &host, 0),
+            CpuidResult::new(2995, 2995, 1000, 0)
+        );
+        assert_eq!(p.answer(0x8000_0008, 0, &host, 0).eax, 0x3030);
+        // Without a raised maximum the guest never asks beyond the host's.
+        assert_eq!(CpuidPolicy::new(0).answer(0x10, 0, &host, 0), leaf_d);
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub fn instruction_length(bytes: &[u8], bitness: u32) -> Result<usize> {
 /// Index (0..16) and width of a general-purpose register; `None` for other
 /// registers. The legacy high-byte registers AH/CH/DH/BH are refused: the
 /// exit format has no way to name them.
-fn gpr(reg: Register) -> Result<(usize, AccessWidth)> {
+pub(crate) fn gpr(reg: Register) -> Result<(usize, AccessWidth)> {
     let n = reg as usize;
     let (ah, spl, r8l, ax, eax, rax, r15) = (
         Register::AH as usize,
@@ -115,7 +115,7 @@ fn gpr(reg: Register) -> Result<(usize, AccessWidth)> {
     }
 }
 
-fn mem_width(size: MemorySize) -> Result<AccessWidth> {
+pub(crate) fn mem_width(size: MemorySize) -> Result<AccessWidth> {
     match size {
         MemorySize::UInt8 | MemorySize::Int8 => Ok(AccessWidth::Byte),
         MemorySize::UInt16 | MemorySize::Int16 | MemorySize::WordOffset => Ok(AccessWidth::Word),

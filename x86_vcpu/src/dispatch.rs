@@ -1,6 +1,6 @@
 //! One vCPU type for both vendors, chosen at run time from CPUID.
 
-use axaddrspace::{GuestPhysAddr, HostPhysAddr};
+use axaddrspace::{AccessWidth, GuestPhysAddr, HostPhysAddr};
 use axvcpu::{AxArchPerCpu, AxArchVCpu, AxVCpuExitReason};
 
 use crate::hal::Hal;
@@ -121,6 +121,14 @@ impl<H: Hal> X86VcpuExt for X86Vcpu<H> {
 
     fn decode_mmio(&mut self, addr: GuestPhysAddr, insn: &[u8]) -> Result<AxVCpuExitReason> {
         both!(self, v => v.decode_mmio(addr, insn))
+    }
+
+    fn emulate_mmio_rmw(
+        &mut self,
+        insn: &[u8],
+        access: &mut dyn FnMut(AccessWidth, Option<u64>) -> u64,
+    ) -> Result<()> {
+        both!(self, v => v.emulate_mmio_rmw(insn, access))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Architecture-neutral initial guest state, written into a VMCS
 //! ([`crate::vmx::write_guest_state`]) or a VMCB ([`crate::svm::write_guest_state`]).
 
+use crate::guest_msrs::SyscallMsrs;
 use crate::msr::efer;
 use crate::regs::GeneralRegisters;
 use crate::vmx::controls::{cr0, cr4};
@@ -192,6 +193,9 @@ pub struct GuestState {
     pub gdtr: DescriptorTable,
     /// IDTR.
     pub idtr: DescriptorTable,
+    /// STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE and TSC_AUX (0 after
+    /// reset; see [`crate::guest_msrs`] for how they are switched).
+    pub syscall_msrs: SyscallMsrs,
 }
 
 /// The multiboot v1 magic placed in EAX for the kernel.
@@ -232,6 +236,7 @@ impl GuestState {
                 base: 0,
                 limit: 0xffff,
             },
+            syscall_msrs: SyscallMsrs::default(),
         }
     }
 
@@ -303,6 +308,7 @@ mod tests {
         assert_eq!(s.tr.access_rights, 0x8b);
         assert!(!s.ldtr.is_usable());
         assert!(!s.is_long_mode());
+        assert_eq!(s.syscall_msrs, SyscallMsrs::default());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use alloc::collections::VecDeque;
 
-use axaddrspace::{GuestPhysAddr, MappingFlags};
+use axaddrspace::{AccessWidth, GuestPhysAddr, MappingFlags};
 use axvcpu::{ArchError, AxVCpuExitReason};
 
 use crate::cpuid::CpuidPolicy;
@@ -126,6 +126,24 @@ pub trait X86VcpuExt {
     /// Decodes `insn` (the bytes at the guest RIP) as an access to `addr`,
     /// steps RIP past it, and returns the MMIO exit.
     fn decode_mmio(&mut self, addr: GuestPhysAddr, insn: &[u8]) -> Result<AxVCpuExitReason>;
+    /// Emulates `insn` (the bytes at the guest RIP) as a read-modify-write
+    /// or compare instruction on MMIO ([`decode_mmio_rmw`]): reads the old
+    /// value with `access(width, None)`, writes the result with
+    /// `access(width, Some(value))` (not for CMP/TEST), sets the arithmetic
+    /// flags of RFLAGS and steps RIP past the instruction. The default
+    /// (for vCPUs without it) is [`Error::Unsupported`].
+    ///
+    /// [`decode_mmio_rmw`]: crate::mmio_rmw::decode_mmio_rmw
+    fn emulate_mmio_rmw(
+        &mut self,
+        insn: &[u8],
+        access: &mut dyn FnMut(AccessWidth, Option<u64>) -> u64,
+    ) -> Result<()> {
+        let _ = (insn, access);
+        Err(Error::Unsupported(
+            "read-modify-write MMIO instructions on this vCPU",
+        ))
+    }
 }
 
 /// Code-segment bitness from EFER.LMA and the CS access rights (VMX format).

@@ -132,6 +132,10 @@ pub mod leaf1_ecx {
 
 /// Bit of CPUID leaf 0x8000_0001 ECX: SVM available.
 pub const EXT1_ECX_SVM: u32 = 1 << 2;
+/// Bit of CPUID leaf 0x8000_0001 EDX: 1 GiB pages.
+pub const EXT1_EDX_PDPE1GB: u32 = 1 << 26;
+/// Bit of CPUID leaf 0x8000_0001 EDX: RDTSCP (and `IA32_TSC_AUX`).
+pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
 
 /// SVM features from CPUID leaf 0x8000_000A EDX (AMD APM vol. 3, appendix E).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +152,9 @@ pub struct SvmFeatures {
     pub flush_by_asid: bool,
     /// Decode assists: instruction bytes in the VMCB (EDX bit 7).
     pub decode_assists: bool,
+    /// RDTSCP and so `IA32_TSC_AUX` exist (leaf 0x8000_0001 EDX bit 27; not
+    /// an SVM feature, but what the SVM vCPU needs to switch TSC_AUX).
+    pub rdtscp: bool,
 }
 
 impl SvmFeatures {
@@ -160,6 +167,7 @@ impl SvmFeatures {
             vmcb_clean: r.edx & (1 << 5) != 0,
             flush_by_asid: r.edx & (1 << 6) != 0,
             decode_assists: r.edx & (1 << 7) != 0,
+            rdtscp: false,
         }
     }
 }
@@ -197,15 +205,21 @@ pub fn detect(cpuid: &impl CpuidSource) -> HwVirtInfo {
     let vendor = vendor_of(leaf0);
     let max_ext = cpuid.cpuid(0x8000_0000, 0).eax;
     let vmx = leaf0.eax >= 1 && cpuid.cpuid(1, 0).ecx & leaf1_ecx::VMX != 0;
-    let svm = max_ext >= 0x8000_0001 && cpuid.cpuid(0x8000_0001, 0).ecx & EXT1_ECX_SVM != 0;
+    let ext1 = if max_ext >= 0x8000_0001 {
+        cpuid.cpuid(0x8000_0001, 0)
+    } else {
+        CpuidResult::default()
+    };
+    let svm = ext1.ecx & EXT1_ECX_SVM != 0;
     let (kind, svm_info) = match (vendor, vmx, svm) {
         (CpuVendor::Intel, true, _) => (Some(VirtKind::Vmx), None),
         (CpuVendor::Amd | CpuVendor::Hygon, _, true) => {
-            let f = if max_ext >= 0x8000_000A {
+            let mut f = if max_ext >= 0x8000_000A {
                 SvmFeatures::from_leaf(cpuid.cpuid(0x8000_000A, 0))
             } else {
                 SvmFeatures::default()
             };
+            f.rdtscp = ext1.edx & EXT1_EDX_RDTSCP != 0;
             (Some(VirtKind::Svm), Some(f))
         }
         // Another vendor implementing one of the two (e.g. Zhaoxin has VMX).
@@ -261,10 +275,11 @@ pub(crate) mod tests {
             .with(
                 0x8000_0001,
                 0,
-                CpuidResult::new(0x800f12, 0, 0x0040_03f7, 0),
+                CpuidResult::new(0x800f12, 0, 0x0040_03f7, 0x2fd3_fbff),
             )
             .with(0x8000_000A, 0, CpuidResult::new(1, 0x10, 0, 0b1));
         let info = detect(&c);
+        assert!(info.svm.unwrap().rdtscp, "EPYC EDX 0x2fd3fbff has bit 27");
         assert_eq!(info.vendor, CpuVendor::Amd);
         assert_eq!(info.kind, Some(VirtKind::Svm));
         let f = info.svm.unwrap();

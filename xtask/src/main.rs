@@ -28,9 +28,17 @@ commands:
       --vendor V        amd (default: QEMU TCG with SVM+NPT) or intel (Bochs
                         with VMX+EPT, booting a GRUB ISO)
       --guest NAME      run a test guest from guests/ in a VM (repeatable:
-                        one VM per --guest, run one after the other)
+                        one VM per --guest, run one after the other); or
+                        `nimbos`/`arceos` with --image: a kernel you built
+                        from their sources, under configs/NAME.toml
       --config VM.toml  run your own multiboot kernel under this VM config...
       --image KERNEL    ...this kernel image (e.g. NimbOS, ArceOS)
+      --input TEXT      type TEXT into the guest console once a guest waits at
+                        a prompt (or after 5 s of quiet); repeatable, one per
+                        prompt; escapes \\r \\n \\t \\e \\\\ \\xHH, e.g.
+                        --input 'usertests\\r'. From a terminal, typed lines
+                        also go to the guest (Enter as CR).
+      --until TEXT      end the run (status 0) once a console line has TEXT
       --log LEVEL       hypervisor log level: error, warn, info, debug, trace
       --smp N           number of CPUs (default 1)
       --mem SIZE        machine memory, e.g. 512M (default 512M)

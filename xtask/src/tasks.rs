@@ -23,7 +23,7 @@ const LIB_CRATES: [&str; 7] = [
 const PUBLISHED: [&str; 4] = ["axaddrspace", "axvcpu", "axdevice", "axvmconfig"];
 
 /// The project's test guests (built from `guests/`).
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "hello",
     "hypercall",
     "mmio",
@@ -31,10 +31,11 @@ const GUESTS: [&str; 7] = [
     "triple-fault",
     "bench",
     "timer",
+    "usermode",
 ];
 
 /// Guests `run --guest` can run: the test guests.
-const KNOWN_GUESTS: [&str; 7] = GUESTS;
+const KNOWN_GUESTS: [&str; 8] = GUESTS;
 
 const BARE_TARGET: &str = "x86_64-unknown-none";
 
@@ -167,6 +168,8 @@ struct RunOpts {
     image: Option<PathBuf>,
     log: Option<String>,
     qemu: QemuConfig,
+    /// Console input and end marker (`--input`, `--until`, a terminal).
+    console: qemu::ConsoleIo,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOpts, String> {
@@ -182,7 +185,12 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
             timeout: Duration::from_secs(60),
             stream: true,
         },
+        console: qemu::ConsoleIo {
+            stdin: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+            ..Default::default()
+        },
     };
+    let mut external = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
@@ -191,7 +199,18 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
                 .ok_or_else(|| format!("option {name} needs a value"))
         };
         match a.as_str() {
-            "--guest" => o.guests.push(val("--guest")?),
+            "--guest" => {
+                let g = val("--guest")?;
+                match vms::external_guest(&g) {
+                    Some(ext) => external = Some(ext),
+                    None => o.guests.push(g),
+                }
+            }
+            "--input" => o
+                .console
+                .input
+                .push(qemu::unescape_input(&val("--input")?)?),
+            "--until" => o.console.until = Some(val("--until")?),
             "--vendor" => {
                 let v = val("--vendor")?;
                 o.vendor = match v.as_str() {
@@ -242,10 +261,16 @@ fn parse_run(args: &[String]) -> Result<RunOpts, String> {
     for g in &o.guests {
         if !KNOWN_GUESTS.contains(&g.as_str()) {
             return Err(format!(
-                "unknown guest `{g}`; known guests: {}",
-                KNOWN_GUESTS.join(", ")
+                "unknown guest `{g}`; known guests: {}, and with --image: {}",
+                KNOWN_GUESTS.join(", "),
+                vms::EXTERNAL_GUESTS.map(|g| g.name).join(", ")
             ));
         }
+    }
+    if let Some(ext) = external {
+        let image = o.image.as_ref().ok_or_else(|| ext.image_needed())?;
+        ext.check_image(image)?;
+        o.config.get_or_insert_with(|| root().join(ext.config));
     }
     match (&o.config, &o.image) {
         (Some(_), None) => return Err("--config needs --image KERNEL (the guest to run)".into()),
@@ -336,7 +361,7 @@ fn boot(opts: &RunOpts) -> Result<qemu::QemuOutcome, String> {
     if opts.qemu.stream {
         println!("==> qemu-system-x86_64 {}", qargs.join(" "));
     }
-    qemu::run(&qargs, &opts.qemu)
+    qemu::run_with(&qargs, &opts.qemu, &opts.console)
 }
 
 /// `cargo xtask run`.
@@ -385,6 +410,13 @@ pub fn run(args: &[String]) -> Result<u8, String> {
     }
     let opts = parse_run(&args)?;
     let out = boot(&opts)?;
+    if let Some(m) = &opts.console.until
+        && !out.timed_out
+        && out.lines.iter().any(|l| l.contains(m.as_str()))
+    {
+        println!("==> stopped at `{m}`");
+        return Ok(0);
+    }
     if out.timed_out {
         return Err(format!(
             "QEMU did not end within {}s (stopped)",
@@ -491,7 +523,10 @@ pub fn build_guests() -> Result<PathBuf, String> {
     c.arg("build")
         .arg("--manifest-path")
         .arg(guests_manifest())
-        .args(["--release", "--target", BARE_TARGET]);
+        .args(["--release", "--target", BARE_TARGET])
+        // Always guests/target, where the images are looked for, whatever
+        // CARGO_TARGET_DIR the caller has.
+        .env("CARGO_TARGET_DIR", root().join("guests/target"));
     step("build the test guests (x86_64-unknown-none, release)", c)?;
     Ok(root()
         .join("guests/target")
@@ -665,6 +700,38 @@ const SCENARIOS: &[Scenario] = &[
             "[vm1] timer: periodic 5 ticks ok",
             "[vm1] timer: hpet counter advances ok",
             "VM 1 (timer) exited with status 0",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        smp: 1,
+        name: "usermode",
+        guests: &["usermode"],
+        expect: &[
+            "[vm1] usermode: cpuid leaf 0x16 base ",
+            "[vm1] usermode: syscall MSRs start at 0",
+            "[vm1] usermode: MSRs persist across exits ok",
+            "[vm1] usermode: user says: hello from ring 3 via syscall",
+            "[vm1] usermode: ring 3 ok: CPL 3, write -> 29, getpid -> 42 (syscall), 42 (int 0x80)",
+            "[vm1] usermode: user #PF ok: CR2 0x8000003008, error 0x4 (user read, not present)",
+            "[vm1] usermode: 1 GiB pages offered",
+            "[vm1] usermode: read and wrote through a 1 GiB page ok",
+            "[vm1] usermode: ok",
+            "VM 1 (usermode) exited with status 0",
+        ],
+        exit: 0,
+    },
+    Scenario {
+        smp: 1,
+        name: "usermode twice (the second VM starts with its own syscall MSRs)",
+        guests: &["usermode", "usermode"],
+        expect: &[
+            "[vm1] usermode: ok",
+            "VM 1 (usermode) exited with status 0",
+            "[vm2] usermode: syscall MSRs start at 0",
+            "[vm2] usermode: MSRs persist across exits ok",
+            "[vm2] usermode: ok",
+            "VM 2 (usermode) exited with status 0",
         ],
         exit: 0,
     },

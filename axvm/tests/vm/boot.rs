@@ -7,7 +7,7 @@ use axaddrspace::{MappingFlags, NestedPagingKind};
 use axdevice::NullBackend;
 use axvm::{MULTIBOOT_INFO_GPA, Vm, VmState};
 use axvmconfig::{BootProtocol as ConfigBoot, MapKind, MemFlags, MemoryRegion};
-use x86_vcpu::{BootProtocol, X86VcpuSetupConfig};
+use x86_vcpu::{BootProtocol, GuestState, X86VcpuSetupConfig};
 
 use crate::common::*;
 use crate::mock::MockVcpu;
@@ -49,22 +49,27 @@ fn test_guest_config_loads_a_multiboot_kernel_and_sets_up_the_vcpu() {
     assert_eq!(vm.boot().multiboot_info, Some(gpa(0x9000)));
 
     // The vCPU got the entry, the nested page table root and the multiboot
-    // hand-off (EAX = 0x2BADB002, EBX = 0x9000).
+    // hand-off (EAX = 0x2BADB002, EBX = 0x9000), in 32-bit protected mode
+    // with paging off, and a boot stack in the free page below the
+    // information (ESP = 0x9000, the stack is [0x8000, 0x9000)).
     let m = mock(&vm);
     assert_eq!(m.entry, Some(gpa(0x20_0020)));
     assert_eq!(m.ept_root, Some(vm.aspace().page_table_root()));
     let setup = m.setup.clone().unwrap();
+    let mut expected = GuestState::multiboot(0x20_0020, 0x9000);
+    expected.rsp = 0x9000;
     assert_eq!(
         setup,
         X86VcpuSetupConfig {
-            boot: BootProtocol::Multiboot { info_paddr: 0x9000 }
+            boot: BootProtocol::Custom(Box::new(expected))
         }
     );
     let state = setup.boot.state(gpa(0x20_0020)).unwrap();
     assert_eq!(
-        (state.regs.rax, state.regs.rbx, state.rip),
-        (0x2BAD_B002, 0x9000, 0x20_0020)
+        (state.regs.rax, state.regs.rbx, state.rsp, state.rip),
+        (0x2BAD_B002, 0x9000, 0x9000, 0x20_0020)
     );
+    assert_eq!(state.cr0 & 0x8000_0001, 1, "CR0.PE set, CR0.PG clear");
     assert_eq!(vm.vcpu(0).unwrap().state(), axvcpu::VCpuState::Free);
 
     // Multiboot information: memory (bit 0), memory map (bit 6), boot
@@ -126,10 +131,16 @@ fn information_moves_when_the_image_covers_0x9000() {
     )
     .unwrap();
     assert_eq!(vm.boot().multiboot_info, Some(gpa(0x1000)));
-    assert_eq!(
-        mock(&vm).setup.as_ref().unwrap().boot,
-        BootProtocol::Multiboot { info_paddr: 0x1000 }
-    );
+    // EBX = 0x1000; page 0 is never a stack, so the stack is the page after
+    // the information: [0x2000, 0x3000), ESP = 0x3000.
+    let state = mock(&vm)
+        .setup
+        .as_ref()
+        .unwrap()
+        .boot
+        .state(gpa(0x8020))
+        .unwrap();
+    assert_eq!((state.regs.rbx, state.rsp), (0x1000, 0x3000));
     assert_eq!(read_u32(&vm, 0x1000 + MEM_UPPER), 15 * 1024);
     assert_eq!(read_bytes(&vm, 0x8000, IMAGE_LEN), multiboot_image(0x8000));
 }

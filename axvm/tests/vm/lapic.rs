@@ -1,9 +1,13 @@
 //! The per-vCPU local APIC: xAPIC MMIO routed to it, its timer injected
 //! before entry, HLT waiting for an armed timer (SDM vol. 3A ch. 11).
 
-use axaddrspace::AccessWidth;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axaddrspace::{AccessWidth, NestedPagingKind};
+use axdevice::{Clock, RingBuffer};
 use axvcpu::AxVCpuExitReason as E;
-use axvm::VmExit;
+use axvm::{Vm, VmExit};
 
 use crate::common::*;
 
@@ -111,4 +115,56 @@ fn self_ipi_is_injected_before_the_next_entry() {
     ]);
     assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
     assert_eq!(mock(&vm).injected, vec![0x40]);
+}
+
+/// A [`TestClock`] that records the wake-ups the VM asks for.
+#[derive(Debug, Default)]
+struct WakeupClock {
+    now: AtomicU64,
+    wakeups: Mutex<Vec<Option<u64>>>,
+}
+
+impl Clock for WakeupClock {
+    fn now_ns(&self) -> u64 {
+        self.now.fetch_add(1_000, Ordering::SeqCst)
+    }
+    fn set_wakeup(&self, at_ns: Option<u64>) {
+        self.wakeups.lock().unwrap().push(at_ns);
+    }
+}
+
+#[test]
+fn the_clock_is_asked_to_wake_the_vcpu_at_its_timer_deadline() {
+    let clock = Arc::new(WakeupClock::default());
+    let mut script = Some(vec![
+        apic_write(0xf0, 0x1ff),
+        apic_write(0x3e0, 0xb),
+        apic_write(0x320, 0xf0),   // one-shot, vector 0xF0
+        apic_write(0x380, 50_000), // 50 µs
+        E::Nothing,                // a guest spinning: entries go on
+        E::Halt,                   // waits for the deadline, fires
+        apic_write(0xb0, 0),
+        E::Halt, // nothing armed
+    ]);
+    let mut vm: TestVm = Vm::new_with_clock(
+        &test_config(),
+        &multiboot_image(LOAD),
+        NestedPagingKind::Npt,
+        |_| script.take().unwrap_or_default(),
+        Arc::new(RingBuffer::new(64)),
+        Some(clock.clone() as Arc<dyn Clock>),
+    )
+    .unwrap();
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(mock(&vm).injected, vec![0xf0]);
+    let w = clock.wakeups.lock().unwrap().clone();
+    // Nothing asked before the timer was armed (no deadline, no change);
+    // then the deadline once, though the guest exits and enters again
+    // before it; once it fired, `None`.
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[1], None);
+    // The deadline is 50 µs (at the 1 GHz bus, divide by 1) after the TICR
+    // write, which came after a few clock reads (1 µs each).
+    let at = w[0].unwrap();
+    assert!((50_000 + 4_000..50_000 + 20_000).contains(&at), "{w:?}");
 }

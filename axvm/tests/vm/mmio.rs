@@ -142,9 +142,50 @@ fn without_paging_the_linear_address_is_the_physical_one() {
 }
 
 #[test]
+fn read_modify_write_instructions_are_emulated() {
+    // NimbOS clears HPET Tn_CONF.INT_ENB: and qword ptr [rdi], -5.
+    let mut vm = vm_executing(&[0x48, 0x83, 0x27, 0xfb], WINDOW, MappingFlags::WRITE);
+    vm.devices()
+        .handle_mmio_write(gpa(WINDOW), AccessWidth::Qword, 0x8000_0000_0000_0036)
+        .unwrap();
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(window_u64(&vm, 0), 0x8000_0000_0000_0032);
+    assert_eq!(mock(&vm).loc.linear_rip, CODE_GVA + 4);
+    // SF (bit 63 set), PF (0x32 has three ones: odd, so clear), ZF clear.
+    assert_eq!(mock(&vm).rflags & 0x8d5, 0x80);
+    assert_eq!(
+        (vm.exit_stats().mmio_reads, vm.exit_stats().mmio_writes),
+        (1, 1)
+    );
+
+    // add dword ptr [rdi + 8], eax wraps to 0: CF, ZF, PF (and AF) set.
+    let mut vm = vm_executing(&[0x01, 0x47, 0x08], WINDOW + 8, MappingFlags::WRITE);
+    vm.devices()
+        .handle_mmio_write(gpa(WINDOW + 8), AccessWidth::Dword, 0xffff_ffff)
+        .unwrap();
+    mock_mut(&mut vm).regs[0] = 1;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(window_u64(&vm, 8), 0);
+    assert_eq!(mock(&vm).rflags & 0x8d5, 0x55);
+
+    // cmp dword ptr [rdi], 7 reads only: the device is not written.
+    let mut vm = vm_executing(&[0x83, 0x3f, 0x07], WINDOW, MappingFlags::READ);
+    vm.devices()
+        .handle_mmio_write(gpa(WINDOW), AccessWidth::Dword, 7)
+        .unwrap();
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    assert_eq!(
+        (vm.exit_stats().mmio_reads, vm.exit_stats().mmio_writes),
+        (1, 0)
+    );
+    assert_eq!(mock(&vm).rflags & 0x8d5, 0x44, "ZF and PF: equal");
+    assert_eq!(mock(&vm).loc.linear_rip, CODE_GVA + 3);
+}
+
+#[test]
 fn an_undecodable_instruction_stops_the_vm_without_panicking() {
-    // add dword ptr [rdi], eax: read-modify-write, not emulated.
-    let mut vm = vm_executing(&[0x01, 0x07], WINDOW, MappingFlags::WRITE);
+    // xchg dword ptr [rdi], eax: neither a move nor an ALU operation.
+    let mut vm = vm_executing(&[0x87, 0x07], WINDOW, MappingFlags::WRITE);
     let exit = vm.run_vcpu(0).unwrap();
     let VmExit::Unhandled { reason, rip } = &exit else {
         panic!("expected Unhandled, got {exit:?}");

@@ -3,8 +3,10 @@
 
 use std::collections::VecDeque;
 
+use axaddrspace::AccessWidth;
 use axvcpu::{AxArchVCpu, AxVCpuExitReason, Error, GuestPhysAddr, HostPhysAddr, Result};
 use x86_vcpu::decode::{MmioOp, decode_mmio};
+use x86_vcpu::mmio_rmw::{ARITH_FLAGS, decode_mmio_rmw};
 use x86_vcpu::{GuestCodeLocation, X86VcpuExt, X86VcpuSetupConfig};
 
 /// 64-bit long mode with 4-level paging rooted at `cr3`, at `rip`.
@@ -47,6 +49,8 @@ pub struct MockVcpu {
     pub runs: usize,
     /// The vectors the VM injected, in order.
     pub injected: Vec<u8>,
+    /// RFLAGS (only the arithmetic flags an emulated instruction sets).
+    pub rflags: u64,
 }
 
 impl AxArchVCpu for MockVcpu {
@@ -66,6 +70,7 @@ impl AxArchVCpu for MockVcpu {
             binds: 0,
             runs: 0,
             injected: Vec::new(),
+            rflags: 0x2,
         })
     }
 
@@ -155,5 +160,24 @@ impl X86VcpuExt for MockVcpu {
                 data: i.store_value(|r| self.regs[r]).unwrap(),
             },
         })
+    }
+
+    /// What the real backends do: decode with `x86_vcpu::mmio_rmw`, read,
+    /// compute, write back, keep the flags, step RIP.
+    fn emulate_mmio_rmw(
+        &mut self,
+        insn: &[u8],
+        access: &mut dyn FnMut(AccessWidth, Option<u64>) -> u64,
+    ) -> x86_vcpu::Result<()> {
+        self.decoded.push(insn.to_vec());
+        let i = decode_mmio_rmw(insn, self.loc.bitness)?;
+        let src = i.source(|r| self.regs[r]);
+        let out = i.apply(access(i.width, None), src);
+        if let Some(v) = out.write {
+            access(i.width, Some(v));
+        }
+        self.rflags = (self.rflags & !ARITH_FLAGS) | out.flags;
+        self.loc.linear_rip += i.len as u64;
+        Ok(())
     }
 }

@@ -97,7 +97,9 @@ pub const DR6_DEFAULT: u64 = 0xffff_0ff0;
 
 /// Writes the state save area from `s`; EFER gets SVME (required by VMRUN),
 /// CPL is SS.DPL (0 in real mode), RAX comes from `s.regs` (VMRUN loads it
-/// from the VMCB; the other GPRs are the run loop's business).
+/// from the VMCB; the other GPRs are the run loop's business). STAR, LSTAR,
+/// CSTAR, SFMASK and KERNEL_GS_BASE come from `s.syscall_msrs` (refused if
+/// WRMSR would refuse them, [`crate::SyscallMsrs::validate`]).
 pub fn write_guest_state(vmcb: &mut Vmcb, s: &GuestState) -> Result {
     let v = &mut vmcb.save;
     v.es = seg(&s.es);
@@ -131,6 +133,14 @@ pub fn write_guest_state(vmcb: &mut Vmcb, s: &GuestState) -> Result {
     v.rax = s.regs.rax;
     v.g_pat = s.pat;
     v.cr2 = 0;
+    // Switched by VMLOAD/VMSAVE around VMRUN (TSC_AUX is not: the vCPU
+    // switches it, see `crate::guest_msrs`).
+    s.syscall_msrs.validate()?;
+    v.star = s.syscall_msrs.star;
+    v.lstar = s.syscall_msrs.lstar;
+    v.cstar = s.syscall_msrs.cstar;
+    v.sfmask = s.syscall_msrs.fmask;
+    v.kernel_gs_base = s.syscall_msrs.kernel_gs_base;
     Ok(())
 }
 

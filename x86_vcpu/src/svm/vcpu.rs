@@ -15,7 +15,9 @@ use super::setup::{SvmControlsConfig, check_vmcb, write_controls, write_guest_st
 use super::vmcb::{InterceptMisc1, Vmcb, tlb_control, vintr};
 use crate::cpuid::CpuidPolicy;
 use crate::decode_cache::DecodeCache;
+use crate::guest_msrs::{MsrSwitch, SyscallMsrs};
 use crate::hal::{Hal, PAGE_SIZE, PhysFrames};
+use crate::mmio_rmw::{ARITH_FLAGS, decode_mmio_rmw};
 use crate::msr::{self, MsrAccess, efer};
 use crate::regs::GeneralRegisters;
 use crate::vcpu::{
@@ -76,6 +78,9 @@ pub struct SvmVcpu<H: Hal> {
     entry_failure: Option<&'static str>,
     /// Decoded MMIO instructions ([`X86VcpuExt::decode_mmio`]).
     decode_cache: DecodeCache,
+    /// TSC_AUX, which VMRUN and VMLOAD/VMSAVE do not switch (empty on a
+    /// processor without RDTSCP).
+    msrs: MsrSwitch,
 }
 
 impl<H: Hal> core::fmt::Debug for SvmVcpu<H> {
@@ -113,6 +118,15 @@ impl<H: Hal> SvmVcpu<H> {
             msrpm.set_read_write(m, false)?;
         }
         msrpm.set_intercept(msr::IA32_TSC, crate::vmx::MsrAccessKind::Read, false)?;
+        // TSC_AUX: the guest's own value sits in the processor while the
+        // vCPU is loaded (`MsrSwitch`), so RDMSR/WRMSR go straight to it,
+        // like RDTSCP and RDPID.
+        let msrs = if features.rdtscp {
+            msrpm.set_read_write(msr::IA32_TSC_AUX, false)?;
+            MsrSwitch::new(&[msr::IA32_TSC_AUX])?
+        } else {
+            MsrSwitch::new(&[])?
+        };
         Ok(Self {
             id,
             vmcb: PhysFrames::alloc_zeroed(1, "VMCB")?,
@@ -134,6 +148,7 @@ impl<H: Hal> SvmVcpu<H> {
             vmcb_dirty: true,
             entry_failure: None,
             decode_cache: DecodeCache::new(),
+            msrs,
         })
     }
 
@@ -177,6 +192,39 @@ impl<H: Hal> SvmVcpu<H> {
     /// as the guest makes them.
     pub fn entry_check_pending(&self) -> bool {
         self.vmcb_dirty
+    }
+
+    /// The software switch of TSC_AUX ([`crate::guest_msrs`]).
+    pub fn msr_switch(&self) -> &MsrSwitch {
+        &self.msrs
+    }
+
+    /// The guest's STAR, LSTAR, CSTAR, SFMASK and KERNEL_GS_BASE (from the
+    /// VMCB, where VMSAVE leaves them after each exit) and TSC_AUX (from
+    /// `hw`, the processor's MSRs, while the vCPU is loaded there).
+    pub fn syscall_msrs(&self, hw: &impl MsrAccess) -> SyscallMsrs {
+        let s = &self.vmcb().save;
+        SyscallMsrs {
+            star: s.star,
+            lstar: s.lstar,
+            cstar: s.cstar,
+            fmask: s.sfmask,
+            kernel_gs_base: s.kernel_gs_base,
+            tsc_aux: self.msrs.guest(hw).tsc_aux,
+        }
+    }
+
+    /// Sets the guest's software-switched MSRs as [`Self::syscall_msrs`]
+    /// reads them (refused if WRMSR would refuse one).
+    pub fn set_syscall_msrs(&mut self, values: SyscallMsrs) -> Result {
+        self.msrs.set_guest(values)?;
+        let s = &mut self.vmcb_raw_mut().save;
+        s.star = values.star;
+        s.lstar = values.lstar;
+        s.cstar = values.cstar;
+        s.sfmask = values.fmask;
+        s.kernel_gs_base = values.kernel_gs_base;
+        Ok(())
     }
 
     /// The MMIO decode cache (for statistics).
@@ -373,9 +421,7 @@ impl<H: Hal> SvmVcpu<H> {
         Ok(match code {
             exit_code::CPUID => {
                 let (leaf, sub) = (self.vmcb().save.rax as u32, self.regs.rcx as u32);
-                let r = self
-                    .cpuid
-                    .filter(leaf, sub, cpuid.cpuid(leaf, sub), self.vmcb().save.cr4);
+                let r = self.cpuid.answer(leaf, sub, cpuid, self.vmcb().save.cr4);
                 self.vmcb_raw_mut().save.rax = r.eax.into();
                 self.regs.rbx = r.ebx.into();
                 self.regs.rcx = r.ecx.into();
@@ -622,6 +668,7 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         write_controls(vmcb, &cfg)?;
         write_guest_state(vmcb, &state)?;
         check_vmcb(vmcb)?;
+        self.msrs.set_guest(state.syscall_msrs)?;
         self.regs = state.regs;
         self.ready = true;
         self.vmcb_dirty = false;
@@ -643,6 +690,10 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         }
         #[cfg(target_os = "none")]
         {
+            // SAFETY: CPL 0 on bare metal (the `axvcpu` contract); the only
+            // MSR switched is TSC_AUX, present when `features.rdtscp` put
+            // it in the switch, with a value checked by `set_guest`.
+            self.msrs.load(&mut unsafe { crate::msr::HwMsr::new() });
             let (vmcb_pa, host_pa) = (self.vmcb.paddr(), self.host_save.paddr());
             // SAFETY: the VMCB passed `check_vmcb` when it last changed in a
             // way the guest cannot cause (`vmcb_dirty`), and is otherwise
@@ -673,7 +724,12 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
         Ok(())
     }
 
+    /// Gives the CPU back its own TSC_AUX (the guest's is kept in the
+    /// vCPU until the next entry).
     fn unbind(&mut self) -> axvcpu::Result {
+        #[cfg(target_os = "none")]
+        // SAFETY: as in `run`: CPL 0 and only TSC_AUX, which exists.
+        self.msrs.put(&mut unsafe { crate::msr::HwMsr::new() });
         Ok(())
     }
 
@@ -764,6 +820,24 @@ impl<H: Hal> X86VcpuExt for SvmVcpu<H> {
         v.save.rip = v.save.rip.wrapping_add(i.len as u64);
         v.control.interrupt_shadow &= !1;
         Ok(exit)
+    }
+
+    fn emulate_mmio_rmw(
+        &mut self,
+        insn: &[u8],
+        access: &mut dyn FnMut(AccessWidth, Option<u64>) -> u64,
+    ) -> Result<()> {
+        let i = decode_mmio_rmw(insn, self.code_bitness())?;
+        let src = i.source(|r| self.get_reg(r).unwrap_or(0));
+        let out = i.apply(access(i.width, None), src);
+        if let Some(value) = out.write {
+            access(i.width, Some(value));
+        }
+        let v = self.vmcb_raw_mut();
+        v.save.rflags = (v.save.rflags & !ARITH_FLAGS) | out.flags;
+        v.save.rip = v.save.rip.wrapping_add(i.len as u64);
+        v.control.interrupt_shadow &= !1;
+        Ok(())
     }
 }
 

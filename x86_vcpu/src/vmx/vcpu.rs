@@ -6,12 +6,13 @@
 //! flushes stale EPT/VPID translations when needed, enters the guest with
 //! VMLAUNCH (first entry after a VMCLEAR) or VMRESUME, and decodes the exit.
 
-use axaddrspace::{GuestPhysAddr, HostPhysAddr};
+use axaddrspace::{AccessWidth, GuestPhysAddr, HostPhysAddr};
 use axvcpu::{AxArchVCpu, AxVCpuExitReason};
 
 use super::bitmap::{MsrAccessKind, VmxIoBitmap, VmxMsrBitmap};
 use super::controls::{
-    EntryControls, ProcControls, VmxCaps, adjust_cr, cr0, cr4, guest_cr0_fixed0,
+    EntryControls, ProcControls, SecondaryControls, VmxCaps, adjust_cr, control_allowed, cr0, cr4,
+    guest_cr0_fixed0,
 };
 use super::event::{InterruptionInfo, InterruptionType};
 use super::exit::{
@@ -24,8 +25,10 @@ use super::setup::{
 };
 use super::vmcs::{VmcsAccess, VmcsField as F};
 use crate::cpuid::CpuidPolicy;
+use crate::guest_msrs::{MsrSwitch, SyscallMsrs};
 use crate::hal::{Hal, PAGE_SIZE, PhysFrames};
-use crate::msr::{self, efer};
+use crate::mmio_rmw::{ARITH_FLAGS, decode_mmio_rmw};
+use crate::msr::{self, MsrAccess, efer};
 use crate::regs::GeneralRegisters;
 use crate::vcpu::{
     GuestCodeLocation, PendingInterrupts, X86VcpuCreateConfig, X86VcpuExt, X86VcpuSetupConfig,
@@ -35,8 +38,8 @@ use crate::vendor::CpuidSource;
 use crate::{Error, Result};
 
 /// MSRs passed through to the guest. FS/GS base, SYSENTER and PAT are
-/// switched by the VMCS; STAR/LSTAR/CSTAR/FMASK/KERNEL_GS_BASE are not, and
-/// the (future) entry path must switch them when guests share a CPU.
+/// switched by the VMCS; STAR/LSTAR/CSTAR/FMASK/KERNEL_GS_BASE are not, so
+/// the vCPU switches them itself ([`VMX_SWITCHED_MSRS`], `crate::guest_msrs`).
 const PASSTHROUGH_MSRS: [u32; 11] = [
     msr::IA32_FS_BASE,
     msr::IA32_GS_BASE,
@@ -49,6 +52,16 @@ const PASSTHROUGH_MSRS: [u32; 11] = [
     msr::IA32_SYSENTER_ESP,
     msr::IA32_SYSENTER_EIP,
     msr::IA32_PAT,
+];
+
+/// The guest MSRs a VMX vCPU switches in software (plus TSC_AUX where the
+/// processor lets the guest use RDTSCP).
+const VMX_SWITCHED_MSRS: [u32; 5] = [
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_KERNEL_GS_BASE,
 ];
 
 /// Guest interruptibility state bits 0 (blocking by STI) and 1 (by MOV SS).
@@ -72,6 +85,9 @@ pub struct VmxVcpu<H: Hal> {
     ready: bool,
     /// RIP to write at the next entry (set outside an exit handler).
     pending_rip: Option<u64>,
+    /// Arithmetic flags ([`ARITH_FLAGS`]) to put in RFLAGS at the next
+    /// entry, after an emulated read-modify-write MMIO instruction.
+    pending_flags: Option<u64>,
     /// EPTP to write at the next entry.
     pending_eptp: Option<u64>,
     /// Guest state saved at the last EPT violation, for MMIO decoding.
@@ -88,6 +104,9 @@ pub struct VmxVcpu<H: Hal> {
     tlb_flush_pending: bool,
     /// The last VM-entry failure reported as an exit (bit 31).
     entry_failure: Option<EntryFailure>,
+    /// STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE (and TSC_AUX), which the
+    /// VMCS does not switch.
+    msrs: MsrSwitch,
 }
 
 impl<H: Hal> core::fmt::Debug for VmxVcpu<H> {
@@ -122,6 +141,22 @@ impl<H: Hal> VmxVcpu<H> {
             msr_bitmap.set_read_write(m, false)?;
         }
         msr_bitmap.set_intercept(msr::IA32_TSC, MsrAccessKind::Read, false)?;
+        // TSC_AUX is switched (and passed through) when the guest gets
+        // RDTSCP ("enable RDTSCP" allowed, which `write_controls` then sets):
+        // the processor has the MSR, and RDTSCP reads it.
+        let rdtscp = control_allowed(
+            caps.proc2,
+            SecondaryControls::ENABLE_RDTSCP.bits().trailing_zeros(),
+        );
+        let msrs = if rdtscp {
+            msr_bitmap.set_read_write(msr::IA32_TSC_AUX, false)?;
+            let mut list = [0; 6];
+            list[..5].copy_from_slice(&VMX_SWITCHED_MSRS);
+            list[5] = msr::IA32_TSC_AUX;
+            MsrSwitch::new(&list)?
+        } else {
+            MsrSwitch::new(&VMX_SWITCHED_MSRS)?
+        };
         Ok(Self {
             id,
             vmcs,
@@ -138,6 +173,7 @@ impl<H: Hal> VmxVcpu<H> {
             guest_xcr0: 1,
             ready: false,
             pending_rip: None,
+            pending_flags: None,
             pending_eptp: None,
             fault_location: None,
             exit_location: None,
@@ -146,7 +182,26 @@ impl<H: Hal> VmxVcpu<H> {
             host: None,
             tlb_flush_pending: true,
             entry_failure: None,
+            msrs,
         })
+    }
+
+    /// The software switch of STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE and
+    /// TSC_AUX ([`crate::guest_msrs`]).
+    pub fn msr_switch(&self) -> &MsrSwitch {
+        &self.msrs
+    }
+
+    /// The guest's software-switched MSRs: read from `hw`, the processor's
+    /// MSRs, while the vCPU is loaded there.
+    pub fn syscall_msrs(&self, hw: &impl MsrAccess) -> SyscallMsrs {
+        self.msrs.guest(hw)
+    }
+
+    /// Sets the guest's software-switched MSRs; they reach the processor
+    /// before the next entry (refused if WRMSR would refuse one).
+    pub fn set_syscall_msrs(&mut self, values: SyscallMsrs) -> Result {
+        self.msrs.set_guest(values)
     }
 
     /// The last VM-entry failure the processor reported as a VM exit with
@@ -310,11 +365,13 @@ impl<H: Hal> VmxVcpu<H> {
             vpid: Some(self.vpid),
             guest_long_mode: state.is_long_mode(),
         };
+        self.msrs.set_guest(state.syscall_msrs)?;
         write_controls(vmcs, &self.caps, &cfg)?;
         write_guest_state(vmcs, &self.caps, true, &state)?;
         self.regs = state.regs;
         self.rsp = state.rsp;
         self.pending_rip = None;
+        self.pending_flags = None;
         self.pending_eptp = None;
         self.ready = true;
         Ok(())
@@ -340,6 +397,10 @@ impl<H: Hal> VmxVcpu<H> {
     /// the guest can take it, or ask for an interrupt-window exit.
     pub fn prepare_entry(&mut self, vmcs: &mut impl VmcsAccess) -> Result {
         vmcs.write(F::GUEST_RSP, self.rsp)?;
+        if let Some(flags) = self.pending_flags.take() {
+            let rflags = vmcs.read(F::GUEST_RFLAGS)?;
+            vmcs.write(F::GUEST_RFLAGS, (rflags & !ARITH_FLAGS) | flags)?;
+        }
         if let Some(rip) = self.pending_rip.take() {
             vmcs.write(F::GUEST_RIP, rip)?;
             let s = vmcs.read(F::GUEST_INTERRUPTIBILITY_STATE)?;
@@ -494,9 +555,7 @@ impl<H: Hal> VmxVcpu<H> {
             VmxExitReason::Cpuid => {
                 let (leaf, sub) = (self.gpr32(0) as u32, self.gpr32(1) as u32);
                 let guest_cr4 = vmcs.read(F::CR4_READ_SHADOW)?;
-                let r = self
-                    .cpuid
-                    .filter(leaf, sub, cpuid.cpuid(leaf, sub), guest_cr4);
+                let r = self.cpuid.answer(leaf, sub, cpuid, guest_cr4);
                 self.regs.rax = r.eax.into();
                 self.regs.rbx = r.ebx.into();
                 self.regs.rcx = r.ecx.into();
@@ -712,6 +771,11 @@ impl<H: Hal> VmxVcpu<H> {
         }
         self.entry_failure = None;
         self.fault_location = None;
+        // SAFETY: CPL 0; the switched MSRs exist on every processor with
+        // VMX in 64-bit mode (TSC_AUX only when RDTSCP is offered, checked
+        // in `with_caps`); the values were checked by `set_guest` or read
+        // back from the processor.
+        self.msrs.load(&mut unsafe { crate::msr::HwMsr::new() });
         // SAFETY: the VMCS is current with controls and guest state from
         // `setup` and the host state just checked; `launched` tracks the
         // launch state since the last VMCLEAR; XCR0 was validated by the
@@ -866,6 +930,8 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
             // SAFETY: VMX is on and this VMCS is current on this CPU.
             unsafe { super::hw::vmclear(self.vmcs.paddr())? };
             self.after_vmclear();
+            // SAFETY: as in `run_on_hardware`: CPL 0 and MSRs that exist.
+            self.msrs.put(&mut unsafe { crate::msr::HwMsr::new() });
             Ok(())
         }
         #[cfg(not(target_os = "none"))]
@@ -920,6 +986,26 @@ impl<H: Hal> X86VcpuExt for VmxVcpu<H> {
         self.pending_rip = Some(rip.wrapping_add(i.len as u64));
         self.fault_location = None;
         Ok(exit)
+    }
+
+    fn emulate_mmio_rmw(
+        &mut self,
+        insn: &[u8],
+        access: &mut dyn FnMut(AccessWidth, Option<u64>) -> u64,
+    ) -> Result<()> {
+        let (loc, rip) = self.fault_location.ok_or(Error::InvalidArgument(
+            "emulate_mmio_rmw without a preceding EPT violation",
+        ))?;
+        let i = decode_mmio_rmw(insn, loc.bitness)?;
+        let src = i.source(|r| self.get_reg(r).unwrap_or(0));
+        let out = i.apply(access(i.width, None), src);
+        if let Some(value) = out.write {
+            access(i.width, Some(value));
+        }
+        self.pending_flags = Some(out.flags);
+        self.pending_rip = Some(rip.wrapping_add(i.len as u64));
+        self.fault_location = None;
+        Ok(())
     }
 }
 

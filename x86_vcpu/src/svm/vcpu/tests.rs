@@ -1,4 +1,5 @@
 use super::*;
+use crate::guest_msrs::SyscallMsrs;
 use crate::hal::test_hal::TestHal;
 use crate::state::GuestState;
 use crate::vcpu::BootProtocol;
@@ -689,4 +690,118 @@ fn set_entry_and_root_after_setup() {
         p.hardware_enable(),
         Err(axvcpu::Error::Unsupported(_))
     ));
+}
+
+/// The syscall MSRs a NimbOS-like kernel sets (SDM/APM: STAR holds the
+/// SYSRET base selector in 63:48 and the SYSCALL CS in 47:32).
+fn nimbos_msrs() -> SyscallMsrs {
+    SyscallMsrs {
+        star: 0x001b_0008_0000_0000,
+        lstar: 0xffff_ff80_0020_1000,
+        cstar: 0xffff_ff80_0020_2000,
+        fmask: 0x4_7700,
+        kernel_gs_base: 0xffff_ff80_0030_0000,
+        tsc_aux: 2,
+    }
+}
+
+#[test]
+fn syscall_msrs_live_in_the_vmcb_and_tsc_aux_in_the_switch() {
+    let mut s = GuestState::long_mode(0, 0x3000);
+    s.syscall_msrs = nimbos_msrs();
+    let mut v = Vcpu::with_features(
+        0,
+        X86VcpuCreateConfig::new(0, 1),
+        SvmFeatures {
+            rdtscp: true,
+            ..tcg_features()
+        },
+    )
+    .unwrap();
+    v.set_entry(GuestPhysAddr::from(0x20_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    v.setup(X86VcpuSetupConfig {
+        boot: BootProtocol::Custom(std::boxed::Box::new(s)),
+    })
+    .unwrap();
+    // VMLOAD takes them from the VMCB (APM table B-2 offsets 0x600-0x620).
+    let save = &v.vmcb().save;
+    assert_eq!(save.star, 0x001b_0008_0000_0000);
+    assert_eq!(save.lstar, 0xffff_ff80_0020_1000);
+    assert_eq!(save.cstar, 0xffff_ff80_0020_2000);
+    assert_eq!(save.sfmask, 0x4_7700);
+    assert_eq!(save.kernel_gs_base, 0xffff_ff80_0030_0000);
+    // TSC_AUX is switched in software and passed through.
+    assert_eq!(v.msr_switch().msrs(), [msr::IA32_TSC_AUX]);
+    assert!(
+        !v.msrpm
+            .is_intercepted(msr::IA32_TSC_AUX, MsrAccessKind::Read)
+    );
+    assert!(
+        !v.msrpm
+            .is_intercepted(msr::IA32_TSC_AUX, MsrAccessKind::Write)
+    );
+    let hw = crate::msr::FakeMsrs::new().with(msr::IA32_TSC_AUX, 9);
+    assert_eq!(v.syscall_msrs(&hw), nimbos_msrs());
+    // A second vCPU (another VM) has its own, reset, values.
+    let w = multiboot_vcpu();
+    assert_eq!(w.syscall_msrs(&hw), SyscallMsrs::default());
+    // Without RDTSCP, TSC_AUX is not touched and stays intercepted.
+    assert!(w.msr_switch().msrs().is_empty());
+    assert!(
+        w.msrpm
+            .is_intercepted(msr::IA32_TSC_AUX, MsrAccessKind::Read)
+    );
+    // Set later: the VMCB and the switch both follow.
+    let mut w = w;
+    let mut m = nimbos_msrs();
+    m.lstar = 0x20_3000;
+    w.set_syscall_msrs(m).unwrap();
+    assert_eq!(w.vmcb().save.lstar, 0x20_3000);
+    m.kernel_gs_base = 0x8000_0000_0000;
+    assert!(w.set_syscall_msrs(m).is_err());
+    assert_eq!(w.vmcb().save.kernel_gs_base, 0xffff_ff80_0030_0000);
+}
+
+#[test]
+fn setup_refuses_syscall_msrs_wrmsr_would_refuse() {
+    let mut s = GuestState::long_mode(0, 0x3000);
+    s.syscall_msrs.lstar = 0x0000_8000_0000_0000; // not canonical
+    let mut v = Vcpu::with_features(0, X86VcpuCreateConfig::new(0, 1), tcg_features()).unwrap();
+    v.set_entry(GuestPhysAddr::from(0x20_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    assert!(
+        v.setup(X86VcpuSetupConfig {
+            boot: BootProtocol::Custom(std::boxed::Box::new(s)),
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn cpuid_exit_reports_the_tsc_frequency_in_leaf_0x16() {
+    let mut config = X86VcpuCreateConfig::new(0, 1);
+    config.cpuid.tsc_khz = 2_994_512;
+    let mut v = Vcpu::with_features(0, config, tcg_features()).unwrap();
+    v.set_entry(GuestPhysAddr::from(0x10_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    v.setup(X86VcpuSetupConfig {
+        boot: BootProtocol::Multiboot { info_paddr: 0x9500 },
+    })
+    .unwrap();
+    // QEMU's EPYC stops at leaf 0xd; the guest sees 0x16.
+    v.set_gpr(0, 0);
+    exit(&mut v, 0x72, 0, 0).unwrap();
+    assert_eq!(v.gpr(0), 0x16);
+    v.set_gpr(0, 0x16);
+    exit(&mut v, 0x72, 0, 0).unwrap();
+    assert_eq!((v.gpr(0), v.gpr(3), v.gpr(1)), (2995, 2995, 1000));
+    // A leaf between the host's maximum and 0x16 reads as zeros.
+    v.set_gpr(0, 0x10);
+    exit(&mut v, 0x72, 0, 0).unwrap();
+    assert_eq!((v.gpr(0), v.gpr(3), v.gpr(1), v.gpr(2)), (0, 0, 0, 0));
+    // Timing leaf as before.
+    v.set_gpr(0, 0x4000_0010);
+    exit(&mut v, 0x72, 0, 0).unwrap();
+    assert_eq!(v.gpr(0), 2_994_512);
 }

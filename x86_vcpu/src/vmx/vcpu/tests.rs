@@ -545,3 +545,103 @@ fn tlb_flush_for_a_new_ept_root() {
     let f = v.pending_tlb_flush(&vmcs).unwrap().unwrap();
     assert_eq!(f.invept.1, [0x80_001e, 0]);
 }
+
+#[test]
+fn syscall_msrs_are_switched_in_software_and_passed_through() {
+    let (v, _) = multiboot();
+    // Skylake offers "enable RDTSCP" (IA32_VMX_PROCBASED_CTLS2 bit 35):
+    // TSC_AUX joins the five MSRs the VMCS does not hold.
+    assert_eq!(
+        v.msr_switch().msrs(),
+        [
+            msr::IA32_STAR,
+            msr::IA32_LSTAR,
+            msr::IA32_CSTAR,
+            msr::IA32_FMASK,
+            msr::IA32_KERNEL_GS_BASE,
+            msr::IA32_TSC_AUX
+        ]
+    );
+    for m in v.msr_switch().msrs() {
+        for kind in [MsrAccessKind::Read, MsrAccessKind::Write] {
+            assert!(!v.msr_bitmap.is_intercepted(*m, kind), "{m:#x}");
+        }
+    }
+    assert!(!v.msr_switch().is_loaded(), "nothing loaded before a run");
+    assert_eq!(
+        v.syscall_msrs(&crate::msr::FakeMsrs::new()),
+        crate::SyscallMsrs::default()
+    );
+
+    // Without RDTSCP for the guest, TSC_AUX is neither switched nor passed.
+    let mut caps = caps();
+    caps.proc2 &= !(1u64 << (32 + 3));
+    let w = Vcpu::with_caps(0, X86VcpuCreateConfig::new(0, 2), caps).unwrap();
+    assert_eq!(w.msr_switch().msrs().len(), 5);
+    assert!(!w.msr_switch().switches(msr::IA32_TSC_AUX));
+    assert!(
+        w.msr_bitmap
+            .is_intercepted(msr::IA32_TSC_AUX, MsrAccessKind::Read)
+    );
+}
+
+#[test]
+fn setup_takes_the_syscall_msrs_of_the_initial_state() {
+    let mut s = crate::state::GuestState::long_mode(0, 0x3000);
+    s.syscall_msrs = crate::SyscallMsrs {
+        star: 0x0023_0010_0000_0000,
+        lstar: 0xffff_ffff_8160_0040,
+        cstar: 0xffff_ffff_8160_1000,
+        fmask: 0x4_7700,
+        kernel_gs_base: 0x7f00_1234_5000,
+        tsc_aux: 1,
+    };
+    let (v, _) = setup(
+        BootProtocol::Custom(std::boxed::Box::new(s.clone())),
+        0x20_0000,
+    );
+    let hw = crate::msr::FakeMsrs::new();
+    assert_eq!(v.syscall_msrs(&hw), s.syscall_msrs);
+
+    let mut v = Vcpu::with_caps(0, X86VcpuCreateConfig::new(0, 1), caps()).unwrap();
+    v.set_entry(GuestPhysAddr::from(0x20_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    s.syscall_msrs.tsc_aux = 1 << 32; // reserved bits
+    let mut vmcs = FakeVmcs::new();
+    assert!(
+        v.setup_with(
+            &mut vmcs,
+            &X86VcpuSetupConfig {
+                boot: BootProtocol::Custom(std::boxed::Box::new(s)),
+            },
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn cpuid_exit_reports_the_tsc_frequency_in_leaf_0x16() {
+    let mut config = X86VcpuCreateConfig::new(0, 1);
+    config.cpuid.tsc_khz = 3_000_000;
+    let mut v = Vcpu::with_caps(0, config, caps()).unwrap();
+    v.set_entry(GuestPhysAddr::from(0x10_0000usize)).unwrap();
+    v.set_ept_root(HostPhysAddr::from(0x40_0000usize)).unwrap();
+    let mut vmcs = FakeVmcs::new();
+    v.setup_with(
+        &mut vmcs,
+        &X86VcpuSetupConfig {
+            boot: BootProtocol::Multiboot { info_paddr: 0 },
+        },
+    )
+    .unwrap();
+    v.set_gpr(0, 0x16);
+    exit(&mut v, &mut vmcs, 10, 0, 2).unwrap();
+    assert_eq!(
+        (v.gpr(0), v.gpr(3), v.gpr(1), v.gpr(2)),
+        (3000, 3000, 1000, 0)
+    );
+    // The Skylake host's maximum (0x16) is already high enough.
+    v.set_gpr(0, 0);
+    exit(&mut v, &mut vmcs, 10, 0, 2).unwrap();
+    assert_eq!(v.gpr(0), 0x16);
+}
