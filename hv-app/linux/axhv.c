@@ -529,6 +529,30 @@ static long axhv_vm_console(void __user *uarg)
 	return n;
 }
 
+/* Queues bytes as a VM's console input; returns how many were taken. */
+static long axhv_vm_input(void __user *uarg)
+{
+	struct axhv_vm_console c;
+	void *buf;
+	long n;
+
+	if (copy_from_user(&c, uarg, sizeof(c)))
+		return -EFAULT;
+	if (!axhv_enabled)
+		return -ENODEV;
+	if (!c.buf.len || c.buf.len > 4096)
+		return -EINVAL;
+	buf = kzalloc(c.buf.len, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	if (copy_from_user(buf, u64_to_user_ptr(c.buf.ptr), c.buf.len))
+		n = -EFAULT;
+	else
+		n = axhv_hypercall(AXHV_HC_VM_CONSOLE_WRITE, c.id, __pa(buf), c.buf.len, 0);
+	kfree(buf);
+	return n;
+}
+
 /* Reads a word with an exception-table fixup: a fault (#GP, #PF) makes it
  * return -EFAULT instead of an oops. */
 static long axhv_probe_read(const void *addr, u64 *val)
@@ -653,6 +677,9 @@ static long axhv_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		break;
 	case AXHV_IOC_VM_CONSOLE:
 		ret = axhv_vm_console(uarg);
+		break;
+	case AXHV_IOC_VM_INPUT:
+		ret = axhv_vm_input(uarg);
 		break;
 	case AXHV_IOC_SELFTEST:
 		ret = axhv_selftest(uarg);

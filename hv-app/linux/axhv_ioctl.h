@@ -73,6 +73,7 @@ struct axhv_selftest {		/* 48 bytes */
 #define AXHV_IOC_VM_DESTROY _IOW(AXHV_IOC_MAGIC, 0x13, __u32)
 #define AXHV_IOC_VM_LIST _IOWR(AXHV_IOC_MAGIC, 0x14, struct axhv_buf)
 #define AXHV_IOC_VM_CONSOLE _IOWR(AXHV_IOC_MAGIC, 0x15, struct axhv_vm_console)
+#define AXHV_IOC_VM_INPUT _IOW(AXHV_IOC_MAGIC, 0x16, struct axhv_vm_console)
 #define AXHV_IOC_SELFTEST _IOR(AXHV_IOC_MAGIC, 0x20, struct axhv_selftest)
 
 /* Hypercall numbers (hv-app/src/hypercall.rs): RAX = number, arguments in
@@ -83,6 +84,7 @@ struct axhv_selftest {		/* 48 bytes */
 #define AXHV_HC_VM_DESTROY 0x13
 #define AXHV_HC_VM_LIST 0x14
 #define AXHV_HC_VM_CONSOLE_READ 0x15
+#define AXHV_HC_VM_CONSOLE_WRITE 0x16
 #define AXHV_HC_CPU_OFFER 0x20
 #define AXHV_HC_CPU_RELEASE 0x21
 #define AXHV_NO_CPU 0xffffffffUL

@@ -1,4 +1,5 @@
-//! The host's local APIC timer as the wake-up of the VMs' timers (Type-1).
+//! The host's local APIC timer as the wake-up of the VMs' timers (Type-1,
+//! and a Type-1.5 guest CPU: [`start_on_guest_cpu`]).
 //!
 //! A guest that spins without VM exits (NimbOS's idle loop yields to itself
 //! with interrupts on) never hands the CPU back, so its virtual local APIC
@@ -136,7 +137,48 @@ pub fn start() -> hv_app::Result {
     if spurious >= 32 && spurious != VECTOR {
         trap::set_interrupt_gate(spurious, host_spurious_entry as *const () as u64);
     }
+    let counted = calibrate_and_run(page)?;
+    // SAFETY: the gates for the only interrupts that can come are in place
+    // (the PICs are masked, the IOAPIC's entries are masked since reset).
+    unsafe { asm!("sti", options(nomem, nostack)) };
+    log::info!(
+        "host timer: local APIC timer {} kHz, vector {VECTOR:#x}, spurious {spurious:#x}",
+        counted / 2
+    );
+    Ok(())
+}
 
+/// Type-1.5: the timer of a CPU Linux gave up for a guest VM (its local
+/// APIC is the hypervisor's until Linux starts the CPU again). The CPU
+/// takes the interrupt through the hypervisor's own IDT, which
+/// acknowledges every vector (`linux_entry::host_interrupts_on`); the PICs
+/// stay Linux's. Call on that CPU, before it runs the VM; [`stop`] after.
+pub fn start_on_guest_cpu() -> hv_app::Result {
+    let base = lapic::apic_base();
+    if base.0 & ApicBase::X2APIC != 0 {
+        return Err(hv_app::Error::Unsupported(
+            "host timer: the local APIC is in x2APIC mode",
+        ));
+    }
+    calibrate_and_run(base.xapic_base()?)?;
+    Ok(())
+}
+
+/// Stops the timer of this CPU and forgets it ([`arm`] does nothing until
+/// the next start).
+pub fn stop() {
+    if STARTED.swap(false, Ordering::AcqRel) {
+        let page = APIC_PAGE.load(Ordering::Relaxed);
+        write(page, TIMER_INITIAL, 0);
+        write(page, LVT_TIMER, LVT_MASKED | u32::from(VECTOR));
+        TARGET.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Measures the local APIC timer (at `page`) against the TSC, then sets it
+/// periodic at [`VECTOR`], stopped, ready for [`arm`]; returns the ticks
+/// counted in 2 ms.
+fn calibrate_and_run(page: u64) -> hv_app::Result<u64> {
     // Calibration: count down from the top for 2 ms of TSC.
     write(page, TIMER_DIVIDE, DIVIDE_BY_1);
     write(page, LVT_TIMER, LVT_MASKED | u32::from(VECTOR));
@@ -165,15 +207,9 @@ pub fn start() -> hv_app::Result {
     write(page, LVT_TIMER, LVT_PERIODIC | u32::from(VECTOR));
     APIC_PAGE.store(page, Ordering::Relaxed);
     HOST_TIMER_EOI.store(page + EOI, Ordering::Release);
+    TARGET.store(0, Ordering::Relaxed);
     STARTED.store(true, Ordering::Release);
-    // SAFETY: the gates for the only interrupts that can come are in place
-    // (the PICs are masked, the IOAPIC's entries are masked since reset).
-    unsafe { asm!("sti", options(nomem, nostack)) };
-    log::info!(
-        "host timer: local APIC timer {} kHz, vector {VECTOR:#x}, spurious {spurious:#x}",
-        counted / 2
-    );
-    Ok(())
+    Ok(counted)
 }
 
 /// Arms the host timer to fire once the TSC reaches `target` (and every

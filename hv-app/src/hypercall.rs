@@ -18,6 +18,7 @@
 //! | `0x13` | [`HC_VM_DESTROY`] | VM id | the physical CPU the VM held, or [`NO_CPU`]; root VM only |
 //! | `0x14` | [`HC_VM_LIST`] | buffer GPA, buffer len | number of VMs; [`VmListEntry`]s written |
 //! | `0x15` | [`HC_VM_CONSOLE_READ`] | VM id, buffer GPA, buffer len | bytes copied from the VM's console ring |
+//! | `0x16` | [`HC_VM_CONSOLE_WRITE`] | VM id, buffer GPA, buffer len | bytes queued as the VM's console input |
 //! | `0x20` | [`HC_CPU_OFFER`] | - | 0: the calling CPU becomes the hypervisor's once the root VM parks it (Linux offlines it); root VM only |
 //! | `0x21` | [`HC_CPU_RELEASE`] | physical CPU | 0: an offered CPU that holds no VM goes back to its reset state, for the root VM to start again; root VM only |
 //! | any other | | | `-ENOSYS` (`-38`) |
@@ -51,6 +52,12 @@ pub const HC_VM_DESTROY: u64 = 0x13;
 pub const HC_VM_LIST: u64 = 0x14;
 /// Hypercall `0x15`: read (and consume) a VM's console ring into a buffer.
 pub const HC_VM_CONSOLE_READ: u64 = 0x15;
+
+/// Hypercall `0x16`: queue bytes from a caller buffer as a VM's console
+/// input (what the guest reads from its UART).
+pub const HC_VM_CONSOLE_WRITE: u64 = 0x16;
+/// The most console input one VM holds unread ([`HC_VM_CONSOLE_WRITE`]).
+pub const MAX_CONSOLE_INPUT: u64 = 4096;
 
 /// Hypercall `0x20`: the calling CPU of the root VM is offered to the
 /// hypervisor; it takes it when the root VM parks it (Linux's CPU hotplug
@@ -152,6 +159,8 @@ pub enum Hypercall {
     VmList,
     /// [`HC_VM_CONSOLE_READ`].
     VmConsoleRead,
+    /// [`HC_VM_CONSOLE_WRITE`].
+    VmConsoleWrite,
     /// [`HC_CPU_OFFER`].
     CpuOffer,
     /// [`HC_CPU_RELEASE`].
@@ -173,6 +182,7 @@ impl Hypercall {
             HC_VM_DESTROY => Self::VmDestroy,
             HC_VM_LIST => Self::VmList,
             HC_VM_CONSOLE_READ => Self::VmConsoleRead,
+            HC_VM_CONSOLE_WRITE => Self::VmConsoleWrite,
             HC_CPU_OFFER => Self::CpuOffer,
             HC_CPU_RELEASE => Self::CpuRelease,
             other => Self::Unknown(other),
@@ -191,6 +201,7 @@ impl Hypercall {
             Self::VmDestroy => "vm_destroy",
             Self::VmList => "vm_list",
             Self::VmConsoleRead => "vm_console_read",
+            Self::VmConsoleWrite => "vm_console_write",
             Self::CpuOffer => "cpu_offer",
             Self::CpuRelease => "cpu_release",
             Self::Unknown(_) => "unknown",
@@ -350,6 +361,13 @@ pub enum Request {
         /// Where the bytes go.
         buf: Buffer,
     },
+    /// [`HC_VM_CONSOLE_WRITE`]: which VM and the bytes for its input.
+    VmConsoleWrite {
+        /// The VM id.
+        id: u32,
+        /// The bytes.
+        buf: Buffer,
+    },
     /// [`HC_CPU_OFFER`].
     CpuOffer,
     /// [`HC_CPU_RELEASE`]: the CPU.
@@ -390,6 +408,10 @@ pub fn decode(nr: u64, args: &[u64; 6]) -> Result<Request, Errno> {
             id: check_vm_id(args[0])?,
             buf: buf(args[1], args[2]),
         },
+        Hypercall::VmConsoleWrite => Request::VmConsoleWrite {
+            id: check_vm_id(args[0])?,
+            buf: buf(args[1], args[2]),
+        },
         Hypercall::CpuOffer => Request::CpuOffer,
         Hypercall::CpuRelease => Request::CpuRelease(check_cpu(args[0])?),
         Hypercall::Unknown(_) => return Err(Errno::NoSys),
@@ -409,6 +431,7 @@ impl Request {
             Self::VmDestroy(_) => Hypercall::VmDestroy,
             Self::VmList(_) => Hypercall::VmList,
             Self::VmConsoleRead { .. } => Hypercall::VmConsoleRead,
+            Self::VmConsoleWrite { .. } => Hypercall::VmConsoleWrite,
             Self::CpuOffer => Hypercall::CpuOffer,
             Self::CpuRelease(_) => Hypercall::CpuRelease,
         }
@@ -435,6 +458,9 @@ impl Request {
                 Ok(())
             }
             Self::VmConsoleRead { buf, .. } => check_buffer(mem, buf.gpa, buf.len, MAX_BUFFER_SIZE),
+            Self::VmConsoleWrite { buf, .. } => {
+                check_buffer(mem, buf.gpa, buf.len, MAX_CONSOLE_INPUT)
+            }
             _ => Ok(()),
         }
     }
@@ -462,6 +488,9 @@ pub trait VmControl {
     /// [`HC_VM_CONSOLE_READ`]: moves console bytes of VM `id` to `buf`;
     /// returns how many.
     fn console_read(&mut self, id: u32, buf: Buffer) -> Result<u64, Errno>;
+    /// [`HC_VM_CONSOLE_WRITE`]: queues the bytes of `buf` as VM `id`'s
+    /// console input; returns how many were queued.
+    fn console_write(&mut self, id: u32, buf: Buffer) -> Result<u64, Errno>;
     /// [`HC_CPU_OFFER`]: the calling CPU is offered.
     fn cpu_offer(&mut self) -> Result<(), Errno>;
     /// [`HC_CPU_RELEASE`]: an offered CPU without a VM goes back.
@@ -496,6 +525,7 @@ pub fn handle_root_call(
         Request::VmDestroy(id) => ctl.destroy(id),
         Request::VmList(buf) => ctl.list(buf),
         Request::VmConsoleRead { id, buf } => ctl.console_read(id, buf),
+        Request::VmConsoleWrite { id, buf } => ctl.console_write(id, buf),
         Request::CpuOffer => ctl.cpu_offer().map(|()| 0),
         Request::CpuRelease(cpu) => ctl.cpu_release(cpu).map(|()| 0),
     };
@@ -524,6 +554,9 @@ impl VmControl for NoVms {
         Err(Errno::NoSys)
     }
     fn console_read(&mut self, _: u32, _: Buffer) -> Result<u64, Errno> {
+        Err(Errno::NoSys)
+    }
+    fn console_write(&mut self, _: u32, _: Buffer) -> Result<u64, Errno> {
         Err(Errno::NoSys)
     }
     fn cpu_offer(&mut self) -> Result<(), Errno> {
@@ -588,7 +621,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_return_minus_enosys() {
-        for nr in [3, 7, 0xf, 0x16, 0x22, 0xdead, u64::MAX] {
+        for nr in [3, 7, 0xf, 0x17, 0x22, 0xdead, u64::MAX] {
             let r = handle(nr, &[0; 6]);
             assert_eq!(r, 0xffff_ffff_ffff_ffda, "nr {nr:#x}");
             assert_eq!(r as i64, -38);
@@ -799,6 +832,10 @@ mod tests {
             self.calls.push(std::format!("console {id} {:#x}", b.len));
             Ok(5)
         }
+        fn console_write(&mut self, id: u32, b: Buffer) -> Result<u64, Errno> {
+            self.calls.push(std::format!("input {id} {:#x}", b.len));
+            Ok(b.len)
+        }
         fn cpu_offer(&mut self) -> Result<(), Errno> {
             self.calls.push("offer".into());
             Ok(())
@@ -834,6 +871,15 @@ mod tests {
         assert_eq!(call(HC_VM_DESTROY, [2, 0, 0]), 1);
         assert_eq!(call(HC_VM_LIST, [0x1000, 32, 0]), 2);
         assert_eq!(call(HC_VM_CONSOLE_READ, [1, 0x1000, 64]), 5);
+        assert_eq!(call(HC_VM_CONSOLE_WRITE, [1, 0x1000, 10]), 10);
+        // More input than a VM holds at once.
+        assert_eq!(
+            as_err(call(
+                HC_VM_CONSOLE_WRITE,
+                [1, 0x1000, MAX_CONSOLE_INPUT + 1]
+            )),
+            Some(Errno::TooBig)
+        );
         assert_eq!(call(HC_CPU_OFFER, [0; 3]), 0);
         assert_eq!(call(HC_CPU_RELEASE, [1, 0, 0]), 0);
         assert_eq!(call(HC_VERSION, [0; 3]), ABI_VERSION);
@@ -846,6 +892,7 @@ mod tests {
                 "destroy 2",
                 "list 0x20",
                 "console 1 0x40",
+                "input 1 0xa",
                 "offer",
                 "release 1",
             ]

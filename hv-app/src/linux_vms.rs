@@ -128,6 +128,22 @@ static TABLE: Mutex<Vec<Slot>> = Mutex::new(Vec::new());
 static RINGS: Mutex<Vec<(u32, VecDeque<u8>)>> = Mutex::new(Vec::new());
 /// Bytes a console ring keeps (the oldest go first).
 const RING_SIZE: usize = 64 << 10;
+/// The console input not read yet by the guest, per VM id.
+static INPUT: Mutex<Vec<(u32, VecDeque<u8>)>> = Mutex::new(Vec::new());
+/// Per local APIC id (low 8 bits): the VM its CPU runs (0: none).
+static RUNNING_VM: [AtomicU32; 256] = [const { AtomicU32::new(0) }; 256];
+
+/// The next byte of console input for the VM that runs on the calling CPU
+/// (a guest polling its UART asks for it).
+pub fn input_byte() -> Option<u8> {
+    let apic = (core::arch::x86_64::__cpuid(1).ebx >> 24) as usize;
+    let id = RUNNING_VM[apic].load(Ordering::Relaxed);
+    if id == 0 {
+        return None;
+    }
+    let mut input = INPUT.lock();
+    input.iter_mut().find(|(i, _)| *i == id)?.1.pop_front()
+}
 static VIRT: spin::Once<Virt> = spin::Once::new();
 
 /// The Type-1.5 part of `hv_main`, on the first CPU to enter: checks the
@@ -160,7 +176,8 @@ fn ring_push(id: u32, bytes: &[u8]) {
 }
 
 fn ring_line(line: VmLine<'_>) {
-    let text = alloc::format!("{line}\n");
+    // A prompt (partial line) goes without its end of line.
+    let text = alloc::format!("{}", line.terminated());
     ring_push(line.vm_id as u32, text.as_bytes());
 }
 
@@ -242,8 +259,9 @@ impl VmControl for Table {
             (1u32..).find(|i| t.iter().all(|s| s.id != *i)).unwrap_or(1)
         };
         cfg.id = id as usize;
-        let console: Arc<VmConsole<fn(VmLine<'_>)>> =
-            Arc::new(VmConsole::new(id as usize, ring_line as fn(VmLine<'_>)));
+        let console: Arc<VmConsole<fn(VmLine<'_>)>> = Arc::new(
+            VmConsole::new(id as usize, ring_line as fn(VmLine<'_>)).with_input(input_byte),
+        );
         let backend: Arc<dyn UartBackend> = console.clone();
         // ASID 1 is the root VM's.
         let tag = u16::try_from(1 + id % virt.tags.saturating_sub(1).max(1)).unwrap_or(2);
@@ -355,6 +373,7 @@ impl VmControl for Table {
         drop(slot);
         let (after, _) = crate::mem::frame_counts();
         RINGS.lock().retain(|(i, _)| *i != id);
+        INPUT.lock().retain(|(i, _)| *i != id);
         println!(
             "axhv: VM {id} destroyed: {} KiB back to the pool{}",
             after.saturating_sub(before) * 4,
@@ -391,6 +410,25 @@ impl VmControl for Table {
         let n = ring.len().min(buf.len as usize);
         let out: Vec<u8> = ring.drain(..n).collect();
         root_write(buf, &out);
+        Ok(n as u64)
+    }
+
+    fn console_write(&mut self, id: u32, buf: Buffer) -> Result<u64, Errno> {
+        if !TABLE.lock().iter().any(|s| s.id == id) {
+            return Err(Errno::NoEnt);
+        }
+        let bytes = root_bytes(buf);
+        let mut input = INPUT.lock();
+        let queue = match input.iter().position(|(i, _)| *i == id) {
+            Some(p) => &mut input[p].1,
+            None => {
+                input.push((id, VecDeque::new()));
+                &mut input.last_mut().expect("just pushed").1
+            }
+        };
+        let room = (hypercall::MAX_CONSOLE_INPUT as usize).saturating_sub(queue.len());
+        let n = bytes.len().min(room);
+        queue.extend(&bytes[..n]);
         Ok(n as u64)
     }
 
@@ -469,11 +507,17 @@ fn run_here(cpu: usize, id: u32) {
         return;
     };
     set_cpu_state(cpu, CpuState::Running);
+    let apic = (APIC_ID[cpu].load(Ordering::Relaxed) & 0xff) as usize;
+    RUNNING_VM[apic].store(id, Ordering::Relaxed);
     let line = match vmm::enable_virtualization(cpu) {
         Some(mut per_cpu) => {
             println!("axhv: VM {id} ({name}) runs on CPU {cpu}");
             crate::linux_entry::host_interrupts_on();
+            if let Err(e) = crate::host_timer::start_on_guest_cpu() {
+                println!("axhv: VM {id}: {e}: a guest spinning without exits misses its timer");
+            }
             let end = vmm::run_until(&mut vm, &|| stop.load(Ordering::Acquire));
+            crate::host_timer::stop();
             crate::linux_entry::host_interrupts_off();
             console.finish();
             use axvcpu::AxArchPerCpu;
@@ -486,6 +530,7 @@ fn run_here(cpu: usize, id: u32) {
         }
         None => alloc::format!("VM {id} could not run: virtualization unusable on CPU {cpu}"),
     };
+    RUNNING_VM[apic].store(0, Ordering::Relaxed);
     println!("axhv: {line}");
     ring_push(id, alloc::format!("{line}\n").as_bytes());
     let mut t = TABLE.lock();

@@ -57,6 +57,11 @@ pub const IOC_VM_CONSOLE: u32 = ioc(
     VmConsole::SIZE as u32,
 );
 
+/// `AXHV_IOC_VM_INPUT`: `_IOW(0xE7, 0x16, struct axhv_vm_console)`: queue
+/// the buffer's bytes (at most 4 KiB) as the VM's console input; returns
+/// how many were taken.
+pub const IOC_VM_INPUT: u32 = ioc(IOC_WRITE, AXHV_IOC_MAGIC, 0x16, VmConsole::SIZE as u32);
+
 /// `AXHV_IOC_SELFTEST`: `_IOR(0xE7, 0x20, struct axhv_selftest)`: the
 /// module makes malformed hypercalls and reads the hypervisor's memory as
 /// the root VM, and reports what came back.
@@ -271,6 +276,8 @@ mod tests {
         assert_eq!(IOC_VM_DESTROY, 0x4004_E713);
         assert_eq!(IOC_VM_LIST, 0xC010_E714);
         assert_eq!(IOC_VM_CONSOLE, 0xC018_E715);
+        // _IOW(0xE7, 0x16, 24 bytes).
+        assert_eq!(IOC_VM_INPUT, 0x4018_E716);
         // _IOR(0xE7, 0x20, 48 bytes).
         assert_eq!(IOC_SELFTEST, 0x8030_E720);
         // KVM_RUN is _IO(0xAE, 0x80) = 0xAE80: the same formula.

@@ -20,6 +20,11 @@ commands:
   vm list                           the VMs
   vm destroy ID                     destroy a VM, returning its CPUs and memory
   vm console ID                     print what the VM wrote to its console
+  vm console ID --follow [--until TEXT] [--idle SECS] [--timeout SECS]
+                                    keep printing it until TEXT appears, the VM ends, it
+                                    printed and then stayed quiet for --idle SECS (waits
+                                    at a prompt), or --timeout SECS (default 60) pass
+  vm input ID TEXT                  type TEXT on the VM's console (escapes: \\r \\n \\t \\\\ \\xHH)
   vm wait ID [--timeout SECS]       wait until the VM has ended (default 60 s)
   selftest                          malformed hypercalls and a read of the hypervisor's memory
                                     from the root VM: each must come back as an error code
@@ -50,6 +55,20 @@ pub enum Command {
     VmDestroy(u32),
     /// `hvctl vm console ID`.
     VmConsole(u32),
+    /// `hvctl vm console ID --follow [--until TEXT] [--timeout SECS]`.
+    VmFollow {
+        /// The VM id.
+        id: u32,
+        /// When to stop.
+        follow: Follow,
+    },
+    /// `hvctl vm input ID TEXT`.
+    VmInput {
+        /// The VM id.
+        id: u32,
+        /// The bytes (escapes resolved).
+        bytes: Vec<u8>,
+    },
     /// `hvctl vm wait ID [--timeout SECS]`.
     VmWait {
         /// The VM id.
@@ -61,6 +80,52 @@ pub enum Command {
     SelfTest,
     /// `hvctl help`.
     Help,
+}
+
+/// When `vm console --follow` stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follow {
+    /// Stop once this text has appeared.
+    pub until: Option<String>,
+    /// Stop once the VM has printed something and then nothing for this
+    /// many seconds (it waits at a prompt).
+    pub idle: Option<u64>,
+    /// Give up after this many seconds.
+    pub timeout: u64,
+}
+
+/// Resolves `\r`, `\n`, `\t`, `\\` and `\xHH` in `text`.
+pub fn unescape(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut it = text.bytes();
+    while let Some(b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match it.next() {
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex: Vec<u8> = it.by_ref().take(2).collect();
+                let v = std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| usage(format!("`{text}`: \\x needs two hex digits")))?;
+                out.push(v);
+            }
+            other => {
+                return Err(usage(format!(
+                    "`{text}`: unknown escape `\\{}` (use \\r \\n \\t \\\\ \\xHH)",
+                    other.map_or(String::new(), |c| (c as char).to_string())
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -175,11 +240,63 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 }
                 "console" => {
                     let id = vm_id(rest.first(), "console")?;
-                    no_more(&rest[1..], "vm console")?;
-                    Ok(Command::VmConsole(id))
+                    if rest.len() == 1 {
+                        return Ok(Command::VmConsole(id));
+                    }
+                    let mut follow = Follow {
+                        until: None,
+                        idle: None,
+                        timeout: 60,
+                    };
+                    let mut it = rest[1..].iter();
+                    while let Some(a) = it.next() {
+                        match a.as_str() {
+                            "--follow" => {}
+                            "--until" => {
+                                follow.until = Some(
+                                    it.next()
+                                        .ok_or_else(|| usage("vm console: --until needs text"))?
+                                        .clone(),
+                                );
+                            }
+                            "--idle" => {
+                                let v = it
+                                    .next()
+                                    .ok_or_else(|| usage("vm console: --idle needs seconds"))?;
+                                follow.idle = Some(v.parse().map_err(|_| {
+                                    usage(format!("vm console: --idle: `{v}` is not seconds"))
+                                })?);
+                            }
+                            "--timeout" => {
+                                let v = it
+                                    .next()
+                                    .ok_or_else(|| usage("vm console: --timeout needs seconds"))?;
+                                follow.timeout = v.parse().map_err(|_| {
+                                    usage(format!("vm console: --timeout: `{v}` is not seconds"))
+                                })?;
+                            }
+                            o => {
+                                return Err(usage(format!(
+                                    "vm console: unexpected argument `{o}`"
+                                )));
+                            }
+                        }
+                    }
+                    Ok(Command::VmFollow { id, follow })
+                }
+                "input" => {
+                    let id = vm_id(rest.first(), "input")?;
+                    let text = rest
+                        .get(1)
+                        .ok_or_else(|| usage("vm input needs the text to send"))?;
+                    no_more(&rest[2..], "vm input")?;
+                    Ok(Command::VmInput {
+                        id,
+                        bytes: unescape(text)?,
+                    })
                 }
                 other => Err(usage(format!(
-                    "unknown vm subcommand `{other}` (create, list, destroy, console)"
+                    "unknown vm subcommand `{other}` (create, list, wait, destroy, console, input)"
                 ))),
             }
         }
@@ -218,6 +335,37 @@ mod tests {
         assert_eq!(p(&["vm", "list"]).unwrap(), Command::VmList);
         assert_eq!(p(&["vm", "destroy", "2"]).unwrap(), Command::VmDestroy(2));
         assert_eq!(p(&["vm", "console", "1"]).unwrap(), Command::VmConsole(1));
+        assert_eq!(
+            p(&[
+                "vm",
+                "console",
+                "2",
+                "--follow",
+                "--until",
+                ">> ",
+                "--timeout",
+                "9"
+            ])
+            .unwrap(),
+            Command::VmFollow {
+                id: 2,
+                follow: Follow {
+                    until: Some(">> ".into()),
+                    idle: None,
+                    timeout: 9
+                }
+            }
+        );
+        assert_eq!(
+            p(&["vm", "input", "1", "usertests\\r"]).unwrap(),
+            Command::VmInput {
+                id: 1,
+                bytes: b"usertests\r".to_vec()
+            }
+        );
+        assert_eq!(unescape("a\\x41\\n\\\\").unwrap(), b"aA\n\\");
+        assert!(unescape("\\q").is_err());
+        assert!(unescape("\\x4").is_err());
         let want = Command::VmCreate {
             config: "a.toml".into(),
             image: "hello".into(),

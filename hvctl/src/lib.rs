@@ -87,6 +87,14 @@ pub enum Error {
         /// The limit.
         secs: u64,
     },
+    /// `vm console --until`: the VM ended without printing the text.
+    #[error("VM {id} ended without printing `{text}`")]
+    NotSeen {
+        /// The awaited text.
+        text: String,
+        /// The VM.
+        id: u32,
+    },
     /// `selftest`: probes that did not get their error code.
     #[error("selftest: {0} probe(s) did not get the expected error code")]
     SelfTest(u32),
@@ -374,6 +382,79 @@ pub fn execute(
             call(dev.as_mut(), "vm destroy", abi::IOC_VM_DESTROY, &mut arg)?;
             say(format!("destroyed VM {id}"));
         }
+        Command::VmFollow { id, follow } => {
+            let mut dev = open()?;
+            let start = std::time::Instant::now();
+            let mut seen = Vec::new();
+            let mut idle = 0u32;
+            let mut last_output = std::time::Instant::now();
+            loop {
+                let chunk = read_console(dev.as_mut(), *id)?;
+                let _ = out.write_all(&chunk);
+                let _ = out.flush();
+                seen.extend_from_slice(&chunk);
+                if seen.len() > 64 << 10 {
+                    seen.drain(..seen.len() - (16 << 10));
+                }
+                if let Some(t) = &follow.until
+                    && seen.windows(t.len().max(1)).any(|w| w == t.as_bytes())
+                {
+                    let _ = writeln!(out);
+                    break;
+                }
+                if !chunk.is_empty() {
+                    last_output = std::time::Instant::now();
+                    continue;
+                }
+                if let Some(secs) = follow.idle
+                    && !seen.is_empty()
+                    && last_output.elapsed().as_secs_f64() >= secs as f64
+                {
+                    break;
+                }
+                // Ended and drained: nothing more will come.
+                idle += 1;
+                if idle % 5 == 0 && vm_state(dev.as_mut(), *id)? == Some(2) {
+                    let again = read_console(dev.as_mut(), *id)?;
+                    let _ = out.write_all(&again);
+                    seen.extend_from_slice(&again);
+                    if again.is_empty() {
+                        if let Some(t) = &follow.until
+                            && !seen.windows(t.len().max(1)).any(|w| w == t.as_bytes())
+                        {
+                            return Err(Error::NotSeen {
+                                text: t.clone(),
+                                id: *id,
+                            });
+                        }
+                        break;
+                    }
+                }
+                if start.elapsed().as_secs() >= follow.timeout {
+                    return Err(Error::Timeout {
+                        what: match &follow.until {
+                            Some(t) => format!("`{t}` on VM {id}'s console"),
+                            None => format!("VM {id} to end"),
+                        },
+                        secs: follow.timeout,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        Command::VmInput { id, bytes } => {
+            let mut dev = open()?;
+            let mut arg = VmConsole {
+                id: *id,
+                buf: UserBuf {
+                    ptr: bytes.as_ptr() as u64,
+                    len: bytes.len() as u64,
+                },
+            }
+            .encode();
+            let n = call(dev.as_mut(), "vm input", abi::IOC_VM_INPUT, &mut arg)?;
+            say(format!("sent {n} of {} byte(s) to VM {id}", bytes.len()));
+        }
         Command::VmConsole(id) => {
             let mut dev = open()?;
             let mut buf = vec![0u8; 64 << 10];
@@ -391,6 +472,40 @@ pub fn execute(
         }
     }
     Ok(())
+}
+
+/// Moves what VM `id` wrote out of its console ring.
+fn read_console(dev: &mut dyn Device, id: u32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut arg = VmConsole {
+        id,
+        buf: UserBuf {
+            ptr: buf.as_mut_ptr() as u64,
+            len: buf.len() as u64,
+        },
+    }
+    .encode();
+    let n = call(dev, "vm console", abi::IOC_VM_CONSOLE, &mut arg)?;
+    buf.truncate(n.max(0) as usize);
+    Ok(buf)
+}
+
+/// The state of VM `id` (0 created, 1 running, 2 ended), `None` if there
+/// is no such VM.
+fn vm_state(dev: &mut dyn Device, id: u32) -> Result<Option<u32>> {
+    let mut buf = vec![0u8; 64 * VmEntry::SIZE];
+    let mut arg = UserBuf {
+        ptr: buf.as_mut_ptr() as u64,
+        len: buf.len() as u64,
+    }
+    .encode();
+    let n = call(dev, "vm list", abi::IOC_VM_LIST, &mut arg)?;
+    Ok(buf
+        .chunks(VmEntry::SIZE)
+        .take(n.max(0) as usize)
+        .filter_map(VmEntry::decode)
+        .find(|e| e.id == id)
+        .map(|e| e.state))
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ pub fn expect_hv() -> Vec<Vec<String>> {
 /// The `/init` of `cargo xtask run` in Type-1.5 mode: enable, a user-space
 /// line, then each VM in turn (`/axhv/vm<N>.cfg`, `/axhv/vm<N>.img`) on the
 /// CPU Linux gives up, its console, destroy; disable; power off.
-pub fn guests_init_script(vms: usize, wait_secs: u64) -> String {
+pub fn guests_init_script(vms: usize, wait_secs: u64, console: &qemu::ConsoleIo) -> String {
     let mut s = format!(
         r#"{prelude}echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
 insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} || {{ echo "axhv-run: insmod failed"; poweroff -f; }}
@@ -304,15 +304,31 @@ echo "axhv-run: Linux still runs after the enable, as the root VM (uptime $(cut 
         mem = HV_MEM,
         size = linux::HV_SIZE
     );
+    // Each scripted input once the guest waits at a prompt (it printed,
+    // then stayed quiet for 2 s), then the console until `until` or the
+    // VM's end.
+    let mut io = String::new();
+    for text in &console.input {
+        io.push_str(&format!(
+            "    hvctl vm console 1 --follow --idle 2 --timeout {wait_secs}\n    hvctl vm input 1 '{}'\n",
+            hvctl_escape(text)
+        ));
+    }
+    match &console.until {
+        Some(u) => io.push_str(&format!(
+            "    hvctl vm console 1 --follow --until '{}' --timeout {wait_secs}\n",
+            u.replace('\'', "'\\''")
+        )),
+        None => io.push_str(&format!(
+            "    hvctl vm console 1 --follow --timeout {wait_secs}\n"
+        )),
+    }
     for i in 1..=vms {
         s.push_str(&format!(
             r#"echo "axhv-run: VM {i}: create"
 if hvctl vm create /axhv/vm{i}.cfg --image /axhv/vm{i}.img; then
-    echo "axhv-run: VM {i} runs; Linux goes on (CPUs online $(cat /sys/devices/system/cpu/online))"
-    hvctl vm wait 1 --timeout {wait_secs}
-    echo "axhv-run: console of VM {i}:"
-    hvctl vm console 1
-    hvctl vm destroy 1
+    echo "axhv-run: VM {i} runs; Linux goes on (CPUs online $(cat /sys/devices/system/cpu/online)); its console:"
+{io}    hvctl vm destroy 1
     echo "axhv-run: VM {i} destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
 fi
 "#
@@ -327,10 +343,30 @@ poweroff -f
     s
 }
 
+/// `bytes` in hvctl's escape syntax, safe inside single quotes.
+fn hvctl_escape(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for &b in bytes {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\t' => s.push_str("\\t"),
+            b'\\' => s.push_str("\\\\"),
+            b' '..=b'~' if b != b'\'' => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
+}
+
 /// `cargo xtask run` in Type-1.5 mode (the default): Linux boots on 2 CPUs
 /// (or `--smp`), enables hv-app, and each VM of `specs` runs beside it on
 /// the CPU Linux gives up; returns 0 if every VM exited with status 0.
-pub fn run_guests(specs: &[crate::vms::VmSpec], qemu_cfg: &QemuConfig) -> Result<u8, String> {
+pub fn run_guests(
+    specs: &[crate::vms::VmSpec],
+    qemu_cfg: &QemuConfig,
+    console: &qemu::ConsoleIo,
+) -> Result<u8, String> {
     prereq::check(&prereq::LINUX)?;
     println!(
         "\n==> Type-1.5: Linux boots, loads hv-app and runs {} VM(s) beside it (QEMU/SVM)",
@@ -358,8 +394,11 @@ pub fn run_guests(specs: &[crate::vms::VmSpec], qemu_cfg: &QemuConfig) -> Result
             .map_err(|e| format!("vm{n}.img: {e}"))?;
     }
     let wait = qemu_cfg.timeout.as_secs();
-    std::fs::write(root.join("init"), guests_init_script(specs.len(), wait))
-        .map_err(|e| format!("init: {e}"))?;
+    std::fs::write(
+        root.join("init"),
+        guests_init_script(specs.len(), wait, console),
+    )
+    .map_err(|e| format!("init: {e}"))?;
     let initrd = pack(&root, "initramfs-run.cpio.gz")?;
     let ver = linux::kernel_version()?;
     let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
@@ -381,11 +420,30 @@ pub fn run_guests(specs: &[crate::vms::VmSpec], qemu_cfg: &QemuConfig) -> Result
             cfg.timeout.as_secs()
         ));
     }
+    if let Some(u) = &console.until {
+        let seen = out.lines.iter().any(|l| l.contains(u.as_str()));
+        println!(
+            "==> QEMU ended (status {:?}); `{u}` {}",
+            out.status,
+            if seen { "seen" } else { "NOT seen" }
+        );
+        return Ok(if seen && out.status == Some(0) { 0 } else { 1 });
+    }
+    // How each VM ended, from its console's last line: its exit status, or
+    // 0 for a clean power-off.
     let exits: Vec<u32> = out
         .lines
         .iter()
-        .filter(|l| l.starts_with("VM 1 ") && l.contains("exited with status "))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .filter(|l| l.starts_with("VM 1 "))
+        .filter_map(|l| {
+            if l.ends_with(" powered off") {
+                Some(0)
+            } else if l.contains("exited with status ") {
+                l.rsplit(' ').next()?.parse().ok()
+            } else {
+                None
+            }
+        })
         .collect();
     println!(
         "==> QEMU ended (status {:?}); VM exit statuses {exits:?} of {} VM(s)",
@@ -531,7 +589,8 @@ mod tests {
 
     #[test]
     fn run_init_creates_each_vm_in_turn() {
-        let init = guests_init_script(2, 30);
+        let none = qemu::ConsoleIo::default();
+        let init = guests_init_script(2, 30, &none);
         assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
         let a = init
             .find("hvctl vm create /axhv/vm1.cfg --image /axhv/vm1.img")
@@ -540,7 +599,21 @@ mod tests {
             .find("hvctl vm create /axhv/vm2.cfg --image /axhv/vm2.img")
             .unwrap();
         assert!(a < b);
-        assert!(init.contains("hvctl vm wait 1 --timeout 30"));
+        assert!(init.contains("hvctl vm console 1 --follow --timeout 30"));
+        let io = qemu::ConsoleIo {
+            input: vec![b"usertests\r".to_vec(), b"it's\x01".to_vec()],
+            until: Some("usertests passed!".into()),
+            ..Default::default()
+        };
+        let init = guests_init_script(1, 900, &io);
+        let a = init
+            .find("--follow --idle 2 --timeout 900\n    hvctl vm input 1 'usertests\\r'")
+            .unwrap();
+        let b = init.find("hvctl vm input 1 'it\\x27s\\x01'").unwrap();
+        let c = init
+            .find("--follow --until 'usertests passed!' --timeout 900")
+            .unwrap();
+        assert!(a < b && b < c);
         assert!(init.ends_with("hvctl disable\necho \"axhv-run: done\"\npoweroff -f\n"));
     }
 

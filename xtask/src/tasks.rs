@@ -406,7 +406,13 @@ pub fn run(args: &[String]) -> Result<u8, String> {
                     .into(),
             );
         }
-        return crate::rootvm::run_guests(&specs, &opts.qemu);
+        if opts.console.stdin {
+            eprintln!(
+                "xtask: note: in Type-1.5 mode the guest's console is shown through hvctl; \
+                 typing is not forwarded (use --input TEXT, or --mode type1)"
+            );
+        }
+        return crate::rootvm::run_guests(&specs, &opts.qemu, &opts.console);
     }
     let opts = parse_run(&args)?;
     let out = boot(&opts)?;
