@@ -18,13 +18,17 @@ usage: cargo xtask <command> [options]
 
 commands:
   build                 build hv-app (x86_64-unknown-none ELF) and the host tools
-  run [options]         boot hv-app in QEMU (AMD SVM under TCG) and stream its console
-      --mode MODE       type1 (default for now: hv-app boots directly) or type15
-                        (the Debian kernel boots a busybox initramfs that loads
-                        the axhv module and runs hvctl; takes --guest, --smp,
-                        --mem, --timeout; --check: its `xtask test` scenario;
-                        --root-vm [--check]: enable the real hv-app (Linux-linked
-                        variant) so Linux goes on as the root VM, SVM only)
+  run [options]         run VMs under hv-app in QEMU (AMD SVM under TCG) and
+                        stream the console
+      --mode MODE       type15 (default): the Debian kernel boots a busybox
+                        initramfs that loads the axhv module, `hvctl enable`
+                        makes Linux the root VM, and each VM runs beside it on
+                        the CPU Linux gives up (SVM only; takes --guest,
+                        --config/--image, --input, --until, --smp, --mem,
+                        --timeout); `--root-vm [--check]`: the 3-cycle test
+                        scenario; `--check`: the module's probe scenario.
+                        type1: hv-app boots directly (multiboot), the VMs run
+                        one after the other (the default with --vendor intel)
       --vendor V        amd (default: QEMU TCG with SVM+NPT) or intel (Bochs
                         with VMX+EPT, booting a GRUB ISO)
       --guest NAME      run a test guest from guests/ in a VM (repeatable:
