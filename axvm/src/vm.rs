@@ -857,10 +857,19 @@ where
         };
         apic.poll_timer(now);
         let deadline = apic.next_deadline();
-        if let Some(vector) = apic.highest_pending()
-            && apic.ack(vector)
-        {
-            self.vcpus[id].inject_interrupt(vector)?;
+        if let Some(vector) = apic.highest_pending() {
+            // The APIC accepts the interrupt (IRR to ISR) only when the
+            // guest takes it at this entry; else it waits in IRR and the
+            // vCPU exits once the guest can take one.
+            let vcpu = self.vcpus[id].arch_vcpu_mut();
+            if vcpu.ready_for_interrupt() {
+                if apic.ack(vector) {
+                    self.vcpus[id].inject_interrupt(vector)?;
+                }
+            } else {
+                vcpu.request_interrupt_window()
+                    .map_err(axvcpu::Error::from)?;
+            }
         }
         self.set_wakeup(id, deadline, now);
         Ok(())

@@ -130,6 +130,15 @@ impl<H: Hal> X86VcpuExt for X86Vcpu<H> {
     ) -> Result<()> {
         both!(self, v => v.emulate_mmio_rmw(insn, access))
     }
+
+    #[inline]
+    fn ready_for_interrupt(&self) -> bool {
+        both!(self, v => v.ready_for_interrupt())
+    }
+
+    fn request_interrupt_window(&mut self) -> Result<()> {
+        both!(self, v => v.request_interrupt_window())
+    }
 }
 
 impl<H: Hal> AxArchPerCpu for X86PerCpu<H> {

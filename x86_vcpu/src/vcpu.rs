@@ -144,6 +144,23 @@ pub trait X86VcpuExt {
             "read-modify-write MMIO instructions on this vCPU",
         ))
     }
+
+    /// Whether an external interrupt injected now reaches the guest at the
+    /// next entry: it has RFLAGS.IF set, no STI/MOV SS shadow, no event
+    /// being delivered and nothing queued. A local APIC accepts an
+    /// interrupt (IRR to ISR) only then. The default (vCPUs that cannot
+    /// tell) is `true`.
+    fn ready_for_interrupt(&self) -> bool {
+        true
+    }
+
+    /// Asks for an exit as soon as the guest can take an external
+    /// interrupt (SVM: a virtual interrupt with the VINTR intercept; VMX:
+    /// interrupt-window exiting), for an interrupt that waits in the local
+    /// APIC. The default does nothing.
+    fn request_interrupt_window(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Code-segment bitness from EFER.LMA and the CS access rights (VMX format).

@@ -117,6 +117,37 @@ fn self_ipi_is_injected_before_the_next_entry() {
     assert_eq!(mock(&vm).injected, vec![0x40]);
 }
 
+#[test]
+fn an_interrupt_waits_in_irr_until_the_guest_can_take_it() {
+    let isr_word = |reg| E::MmioRead {
+        // ISR bits 0x40-0x5f (SDM 11.8.4).
+        addr: gpa(0xfee0_0120),
+        width: AccessWidth::Dword,
+        reg,
+        reg_width: AccessWidth::Qword,
+        signed_ext: false,
+    };
+    let (mut vm, _) = build(vec![
+        apic_write(0xf0, 0x1ff),
+        apic_write(0x300, (1 << 18) | 0x40),
+        isr_word(3),
+        E::InterruptWindow,
+        isr_word(4),
+        apic_write(0xb0, 0),
+        E::Halt,
+    ]);
+    // Interrupts off in the guest until its 4th exit.
+    mock_mut(&mut vm).ready_after = 4;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    let m = mock(&vm);
+    assert_eq!(m.injected, vec![0x40]);
+    assert_eq!(m.window_requests, 2);
+    // Not in service while the guest could not take it; in service once
+    // injected.
+    assert_eq!(m.regs[3], 0);
+    assert_eq!(m.regs[4], 1);
+}
+
 /// A [`TestClock`] that records the wake-ups the VM asks for.
 #[derive(Debug, Default)]
 struct WakeupClock {

@@ -51,6 +51,10 @@ pub struct MockVcpu {
     pub injected: Vec<u8>,
     /// RFLAGS (only the arithmetic flags an emulated instruction sets).
     pub rflags: u64,
+    /// The guest takes interrupts once `runs` has reached this (0: always).
+    pub ready_after: usize,
+    /// How often the VM asked for an interrupt window.
+    pub window_requests: usize,
 }
 
 impl AxArchVCpu for MockVcpu {
@@ -71,6 +75,8 @@ impl AxArchVCpu for MockVcpu {
             runs: 0,
             injected: Vec::new(),
             rflags: 0x2,
+            ready_after: 0,
+            window_requests: 0,
         })
     }
 
@@ -130,6 +136,15 @@ impl AxArchVCpu for MockVcpu {
 impl X86VcpuExt for MockVcpu {
     fn guest_code_location(&self) -> GuestCodeLocation {
         self.loc
+    }
+
+    fn ready_for_interrupt(&self) -> bool {
+        self.runs >= self.ready_after
+    }
+
+    fn request_interrupt_window(&mut self) -> x86_vcpu::Result<()> {
+        self.window_requests += 1;
+        Ok(())
     }
 
     /// What the real backends do: decode with `x86_vcpu::decode`, step RIP,

@@ -389,10 +389,23 @@ impl<H: Hal> SvmVcpu<H> {
                 self.vmcb_raw_mut().control.event_inj = ev.to_raw();
             }
         } else {
-            let c = &mut self.vmcb_raw_mut().control;
-            c.vintr |= vintr::V_IRQ | vintr::V_IGN_TPR;
-            c.intercept_misc1 |= InterceptMisc1::VINTR.bits();
+            self.arm_vintr();
         }
+    }
+
+    /// A virtual interrupt with the VINTR intercept: an exit as soon as the
+    /// guest can take an interrupt.
+    fn arm_vintr(&mut self) {
+        let c = &mut self.vmcb_raw_mut().control;
+        c.vintr |= vintr::V_IRQ | vintr::V_IGN_TPR;
+        c.intercept_misc1 |= InterceptMisc1::VINTR.bits();
+    }
+
+    /// See [`X86VcpuExt::ready_for_interrupt`].
+    pub fn interrupt_ready(&self) -> bool {
+        self.pending.is_empty()
+            && self.vmcb().control.event_inj & super::event::EVENTINJ_VALID == 0
+            && self.interruptible()
     }
 
     /// Decides what a #VMEXIT means, updating guest state (RIP, registers)
@@ -793,6 +806,16 @@ impl<H: Hal> AxArchVCpu for SvmVcpu<H> {
 }
 
 impl<H: Hal> X86VcpuExt for SvmVcpu<H> {
+    #[inline]
+    fn ready_for_interrupt(&self) -> bool {
+        self.interrupt_ready()
+    }
+
+    fn request_interrupt_window(&mut self) -> Result<()> {
+        self.arm_vintr();
+        Ok(())
+    }
+
     fn guest_code_location(&self) -> GuestCodeLocation {
         let s = &self.vmcb().save;
         let bits = self.code_bitness();

@@ -382,6 +382,15 @@ impl<H: Hal> VmxVcpu<H> {
             && vmcs.read(F::GUEST_INTERRUPTIBILITY_STATE)? & BLOCKING_STI_MOVSS == 0)
     }
 
+    /// Whether an interrupt injected now is delivered at the next entry
+    /// (interruptible, and no event in the entry's interruption field).
+    pub fn interrupt_ready(vmcs: &impl VmcsAccess) -> Result<bool> {
+        Ok(
+            vmcs.read(F::VMENTRY_INTERRUPTION_INFO)? & super::event::INTR_INFO_VALID as u64 == 0
+                && Self::interruptible(vmcs)?,
+        )
+    }
+
     fn set_proc_control(vmcs: &mut impl VmcsAccess, bits: ProcControls, on: bool) -> Result {
         let v = vmcs.read(F::CPU_BASED_VM_EXEC_CONTROL)?;
         let v = if on {
@@ -961,6 +970,32 @@ impl<H: Hal> AxArchVCpu for VmxVcpu<H> {
 }
 
 impl<H: Hal> X86VcpuExt for VmxVcpu<H> {
+    fn ready_for_interrupt(&self) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        #[cfg(target_os = "none")]
+        {
+            // SAFETY: the VM runs this vCPU bound: its VMCS is current on
+            // this CPU and VMX is on; only reads.
+            let vmcs = unsafe { super::hw::HwVmcs::new() };
+            Self::interrupt_ready(&vmcs).unwrap_or(false)
+        }
+        #[cfg(not(target_os = "none"))]
+        true
+    }
+
+    fn request_interrupt_window(&mut self) -> Result<()> {
+        #[cfg(target_os = "none")]
+        {
+            // SAFETY: as in `ready_for_interrupt`, for one control bit.
+            let mut vmcs = unsafe { super::hw::HwVmcs::new() };
+            Self::set_proc_control(&mut vmcs, ProcControls::INTERRUPT_WINDOW_EXITING, true)
+        }
+        #[cfg(not(target_os = "none"))]
+        Ok(())
+    }
+
     /// The location saved at the last EPT violation, else where the guest
     /// was after the last exit was handled (all zero before any exit).
     fn guest_code_location(&self) -> GuestCodeLocation {

@@ -546,6 +546,32 @@ fn interrupt_injection_waits_for_the_window() {
 }
 
 #[test]
+fn ready_for_interrupt_follows_if_shadow_and_queue() {
+    let mut v = multiboot_vcpu();
+    // IF = 0 at the multiboot entry.
+    assert!(!v.ready_for_interrupt());
+    v.vmcb_mut().save.rflags |= 1 << 9;
+    assert!(v.ready_for_interrupt());
+    v.vmcb_mut().control.interrupt_shadow = 1;
+    assert!(!v.ready_for_interrupt());
+    v.vmcb_mut().control.interrupt_shadow = 0;
+    v.inject_interrupt(0x30).unwrap();
+    assert!(!v.ready_for_interrupt(), "one is queued already");
+    v.prepare_entry();
+    assert!(!v.ready_for_interrupt(), "one is being injected");
+    v.vmcb_mut().control.event_inj = 0;
+    assert!(v.ready_for_interrupt());
+    // The window request alone: VINTR armed, nothing injected.
+    v.request_interrupt_window().unwrap();
+    assert_ne!(v.vmcb().control.vintr & vintr::V_IRQ, 0);
+    assert_ne!(
+        v.vmcb().control.intercept_misc1 & InterceptMisc1::VINTR.bits(),
+        0
+    );
+    assert_eq!(v.vmcb().control.event_inj, 0);
+}
+
+#[test]
 fn interrupted_event_is_reinjected() {
     let mut v = long_mode_vcpu();
     let c = &mut v.vmcb_mut().control;
