@@ -731,7 +731,14 @@ impl<H: Hal> VmxVcpu<H> {
             || (value & cr0::NW != 0 && value & cr0::CD == 0);
         let mut efer_v = vmcs.read(F::GUEST_IA32_EFER)?;
         let enabling_long = value & cr0::PG != 0 && old & cr0::PG == 0 && efer_v & efer::LME != 0;
-        if bad || (enabling_long && vmcs.read(F::CR4_READ_SHADOW)? & cr4::PAE == 0) {
+        // CR4 as the guest sees it: its own bits from GUEST_CR4, the ones
+        // the hypervisor owns (the mask) from the read shadow. A guest's
+        // MOV to CR4 that touches no owned bit does not exit, so the shadow
+        // alone misses it (NimbOS sets PAE that way).
+        let cr4_mask = vmcs.read(F::CR4_GUEST_HOST_MASK)?;
+        let guest_cr4 =
+            (vmcs.read(F::GUEST_CR4)? & !cr4_mask) | (vmcs.read(F::CR4_READ_SHADOW)? & cr4_mask);
+        if bad || (enabling_long && guest_cr4 & cr4::PAE == 0) {
             return Self::inject_exception(vmcs, 13, Some(0));
         }
         let mut entry = vmcs.read(F::VMENTRY_CONTROLS)?;

@@ -341,10 +341,19 @@ fn idt_vectoring_is_reinjected() {
 #[test]
 fn cr0_write_of_host_owned_bit_and_long_mode_switch() {
     let (mut v, mut vmcs) = multiboot();
-    // Guest: EFER.LME, CR4.PAE (direct), then mov cr0, eax with PG|PE (no NE).
+    // Guest: EFER.LME, then mov cr0, eax with PG|PE (no NE). CR4.PAE is
+    // not set yet: #GP.
     vmcs.write(F::GUEST_IA32_EFER, 0x100).unwrap();
-    vmcs.write(F::CR4_READ_SHADOW, 0x20).unwrap();
     v.set_gpr(0, 0x8000_0011);
+    exit(&mut v, &mut vmcs, 28, 0x000, 3).unwrap();
+    assert_eq!(vmcs.get(F::VMENTRY_INTERRUPTION_INFO), Some(0x8000_0b0d));
+    vmcs.write(F::VMENTRY_INTERRUPTION_INFO, 0).unwrap();
+    assert_eq!(vmcs.get(F::CR0_READ_SHADOW), Some(0x11), "CR0 unchanged");
+    // The guest's mov cr4 with PAE touched no host-owned bit: no exit, the
+    // processor wrote GUEST_CR4 and the read shadow kept its old value.
+    let cr4 = vmcs.get(F::GUEST_CR4).unwrap();
+    vmcs.write(F::GUEST_CR4, cr4 | 0x20).unwrap();
+    assert_eq!(vmcs.get(F::CR4_READ_SHADOW).unwrap() & 0x20, 0);
     assert_eq!(
         exit(&mut v, &mut vmcs, 28, 0x000, 3),
         Ok(AxVCpuExitReason::Nothing)
