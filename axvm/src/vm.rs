@@ -934,12 +934,13 @@ where
         true
     }
 
-    /// Whether `gpa` lies in the xAPIC page of vCPU `id`'s local APIC.
+    /// Whether `gpa` lies in the xAPIC page of vCPU `id`'s local APIC. In
+    /// x2APIC mode (or disabled) the page stays claimed but the APIC does
+    /// not answer (SDM 11.12.1.2): reads give 0, writes are dropped.
     fn lapic_page(&self, id: usize, gpa: GuestPhysAddr) -> bool {
-        self.lapics.get(id).is_some_and(|a| {
-            a.mode() == x86_vlapic::ApicMode::XApic
-                && gpa.as_usize() & !0xfff == a.apic_base().base_address() as usize
-        })
+        self.lapics
+            .get(id)
+            .is_some_and(|a| gpa.as_usize() & !0xfff == a.apic_base().base_address() as usize)
     }
 
     /// Completes an MMIO exit on the xAPIC page, or `None` if `exit` is

@@ -266,6 +266,7 @@ impl VmControl for Table {
         // ASID 1 is the root VM's.
         let tag = u16::try_from(1 + id % virt.tags.saturating_sub(1).max(1)).unwrap_or(2);
         let (free_before, _) = crate::mem::frame_counts();
+        let has_lapic = vmm::has_local_apic(&cfg);
         let vm = HvVm::new_with_clock(
             &cfg,
             root_bytes(image),
@@ -273,6 +274,8 @@ impl VmControl for Table {
             |vcpu| {
                 let mut c = X86VcpuCreateConfig::new(vcpu, tag);
                 c.cpuid.tsc_khz = u32::try_from(crate::tsc::tsc_hz() / 1000).unwrap_or(u32::MAX);
+                // x2APIC and the TSC deadline only with a local APIC behind them.
+                c.cpuid = c.cpuid.with_local_apic(has_lapic);
                 c
             },
             backend,

@@ -239,6 +239,7 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
     let backend: Arc<dyn UartBackend> = console.clone();
     let per_vcpu_bytes = vcpu_frames(tag).saturating_mul(FRAME_SIZE);
     let (free_before, _) = crate::mem::frame_counts();
+    let has_lapic = has_local_apic(&config);
     let mut vm = match HvVm::new_with_clock(
         &config,
         parts.image,
@@ -247,6 +248,8 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
             let mut c = X86VcpuCreateConfig::new(vcpu, tag);
             // CPUID 0x4000_0010: the TSC frequency guests calibrate with.
             c.cpuid.tsc_khz = u32::try_from(crate::tsc::tsc_hz() / 1000).unwrap_or(u32::MAX);
+            // x2APIC and the TSC deadline only with a local APIC behind them.
+            c.cpuid = c.cpuid.with_local_apic(has_lapic);
             c
         },
         backend,
@@ -297,6 +300,15 @@ fn run_one(index: usize, parts: &VmParts, nested: NestedPagingKind, tag: u16) ->
     }
     print_exits(&vm);
     end
+}
+
+/// Whether `config` gives its vCPUs a local APIC (a `lapic` device).
+pub(crate) fn has_local_apic(config: &VmConfig) -> bool {
+    config
+        .devices
+        .emulated
+        .iter()
+        .any(|d| d.kind == axvmconfig::DeviceKind::Lapic)
 }
 
 /// The frames one vCPU's control structures take (SVM: VMCB, host save

@@ -65,6 +65,17 @@ impl CpuidPolicy {
         }
     }
 
+    /// This policy for a VM with (`present`) or without a virtual local
+    /// APIC: x2APIC (leaf 1 ECX bit 21) and the TSC-deadline timer (bit 24)
+    /// are the virtual local APIC's, so they are offered exactly when the
+    /// VM has one (its x2APIC MSRs 0x800-0x8FF and `IA32_TSC_DEADLINE`
+    /// are emulated only then).
+    pub const fn with_local_apic(mut self, present: bool) -> Self {
+        self.x2apic = present;
+        self.tsc_deadline = present;
+        self
+    }
+
     /// Whether the guest's maximum basic leaf is raised to [`FREQ_LEAF`]:
     /// when the TSC frequency is known.
     pub const fn reports_frequency_leaf(&self) -> bool {
@@ -197,6 +208,30 @@ mod tests {
             ..CpuidPolicy::new(0)
         };
         assert_eq!(no_x2.filter(1, 0, HOST_LEAF1, 0).ecx & (1 << 21), 0);
+    }
+
+    #[test]
+    fn leaf1_ecx_follows_the_local_apic() {
+        // HOST_LEAF1.ECX = 0xfed8_3223: VMX (5), XSAVE (26), OSXSAVE (27)
+        // and the hypervisor bit (31) set; x2APIC (21), TSC deadline (24)
+        // clear.
+        assert_eq!(HOST_LEAF1.ecx, 0xfed8_3223);
+        let with = CpuidPolicy::new(0).with_local_apic(true);
+        // VMX and OSXSAVE (CR4.OSXSAVE = 0) cleared; x2APIC and TSC
+        // deadline set.
+        assert_eq!(with.filter(1, 0, HOST_LEAF1, 0).ecx, 0xf7f8_3203);
+        let without = CpuidPolicy::new(0).with_local_apic(false);
+        assert_eq!(without.filter(1, 0, HOST_LEAF1, 0).ecx, 0xf6d8_3203);
+        assert!(!without.x2apic && !without.tsc_deadline);
+        // The default is a VM with a local APIC.
+        assert_eq!(with, CpuidPolicy::new(0));
+        // Bare metal (ECX 0x7ffa_fbbf: x2APIC, TSC deadline, VMX, MONITOR,
+        // OSXSAVE set, hypervisor bit clear): VMX (5), MONITOR (3) and
+        // OSXSAVE (27) go, the hypervisor bit (31) comes.
+        let bare = CpuidResult::new(0x0009_06ea, 0x0010_0800, 0x7ffa_fbbf, 0xbfeb_fbff);
+        assert_eq!(with.filter(1, 0, bare, 0).ecx, 0xf7fa_fb97);
+        // Without a local APIC the host's x2APIC and TSC deadline go too.
+        assert_eq!(without.filter(1, 0, bare, 0).ecx, 0xf6da_fb97);
     }
 
     #[test]

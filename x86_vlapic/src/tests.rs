@@ -1046,3 +1046,62 @@ fn all_widths_are_typed() {
         );
     }
 }
+
+/// The sequence of the `timer` test guest (guests/src/bin/timer.rs) after
+/// its xAPIC part: BSP at reset, switched to x2APIC by setting EXTD.
+#[test]
+fn bsp_switch_to_x2apic_as_the_timer_guest_does() {
+    let mut a = apic(0);
+    wr(&mut a, off::SVR, 0x1FF);
+    wr(&mut a, off::TIMER_DIVIDE_CONFIG, 0xB);
+    let version = rd(&mut a, off::VERSION);
+    assert_eq!(version, 0x0006_0014);
+    // EN | BSP, then EN | EXTD | BSP (SDM 11.12.1: bit 10 enables x2APIC).
+    assert_eq!(a.read_msr(0x1B, t(0)), Ok(0xFEE0_0900));
+    a.write_msr(0x1B, 0xFEE0_0D00, t(0)).unwrap();
+    assert_eq!(a.read_msr(0x1B, t(0)), Ok(0xFEE0_0D00));
+    assert_eq!(a.mode(), ApicMode::X2Apic);
+    // ID, version, LDR (cluster 0, bit 0), SVR kept from xAPIC mode.
+    assert_eq!(a.read_msr(0x802, t(0)), Ok(0));
+    assert_eq!(a.read_msr(0x803, t(0)), Ok(u64::from(version)));
+    assert_eq!(a.read_msr(0x80D, t(0)), Ok(1));
+    assert_eq!(a.read_msr(0x80F, t(0)), Ok(0x1FF));
+    assert_eq!(a.read_msr(0x83E, t(0)), Ok(0xB));
+    // One-shot at 0xF0 for 20 M ticks (20 ms at 1 GHz, divide by 1).
+    a.write_msr(0x832, 0xF0, t(1000)).unwrap();
+    a.write_msr(0x838, 20_000_000, t(1000)).unwrap();
+    assert_eq!(a.read_msr(0x839, t(57_086)), Ok(19_943_914));
+    assert_eq!(a.read_msr(0x839, t(138_177)), Ok(19_862_823));
+    assert_eq!(a.poll_timer(t(20_000_999)), None);
+    assert_eq!(a.poll_timer(t(20_001_000)), Some(0xF0));
+    assert_eq!(a.read_msr(0x839, t(20_001_000)), Ok(0));
+    assert!(a.ack(0xF0));
+    assert!(matches!(
+        a.write_msr(0x80B, 0, t(20_002_000)),
+        Ok(Some(ApicEvent::Eoi { vector: 0xF0, .. }))
+    ));
+    // Self-IPI 0xE0: IRR7 (0x827) bit 0 until acknowledged, then ISR7
+    // (0x817) until the EOI.
+    assert_eq!(a.write_msr(0x83F, 0xE0, t(0)), Ok(None));
+    assert_eq!(a.read_msr(0x827, t(0)), Ok(1));
+    assert_eq!(a.read_msr(0x817, t(0)), Ok(0));
+    assert_eq!(a.highest_pending(), Some(0xE0));
+    assert!(a.ack(0xE0));
+    assert_eq!(
+        (a.read_msr(0x827, t(0)), a.read_msr(0x817, t(0))),
+        (Ok(0), Ok(1))
+    );
+    a.write_msr(0x80B, 0, t(0)).unwrap();
+    assert_eq!(a.read_msr(0x817, t(0)), Ok(0));
+    // The xAPIC page is not the APIC any more (SDM 11.12.1.2): refused,
+    // and a write to the TPR there changes nothing.
+    assert_eq!(
+        a.read_xapic(off::VERSION, Dword, t(0)),
+        Err(Error::NotInXApicMode)
+    );
+    assert_eq!(
+        a.write_xapic(off::TPR, Dword, 0x20, t(0)),
+        Err(Error::NotInXApicMode)
+    );
+    assert_eq!(a.read_msr(0x808, t(0)), Ok(0));
+}

@@ -13,15 +13,23 @@
 //!    (64-bit counter, a period of at most 100 ns) and that the main
 //!    counter, read with 8-byte loads, advances.
 //!
+//! 5. x2APIC (SDM vol. 3A 11.12): checks CPUID.1:ECX[21], sets EXTD in
+//!    `IA32_APIC_BASE` (0x1B), checks the ID (0x802), version (0x803), LDR
+//!    (0x80D) and SVR (0x80F) MSRs, runs the one-shot (current count 0x839
+//!    counting down) and periodic timers through MSRs 0x832/0x838/0x83E
+//!    with EOI through 0x80B, sends itself vector 0xE0 through SELF_IPI
+//!    (0x83F), and checks the xAPIC page no longer answers as the APIC.
+//!
 //! Before all that, checks CPUID leaf 0x4000_0010 (TSC and APIC bus kHz).
 //!
 //! Prints `timer: one-shot ok`, `timer: periodic N ticks ok`,
-//! `timer: hpet counter advances ok` and exits 0; any failure exits 1.
+//! `timer: hpet counter advances ok`, then the `timer: x2apic ... ok`
+//! lines, and exits 0; any failure prints `timer: FAIL <step>` and exits 1.
 
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use guest_rt::idt::{DescriptorTablePointer, Gate, KERNEL_CS, load_idt};
 use guest_rt::{EXIT_FAIL, EXIT_PASS, entry, exit, println};
@@ -34,6 +42,29 @@ const LAPIC: u64 = 0xfee0_0000;
 const HPET: u64 = 0xfed0_0000;
 /// The timer vector NimbOS and ArceOS use.
 const TIMER_VECTOR: u8 = 0xf0;
+/// The vector of the x2APIC self-IPI.
+const IPI_VECTOR: u8 = 0xe0;
+/// `IA32_APIC_BASE`: bit 10 EXTD (x2APIC mode), bit 11 EN (SDM 11.4.4).
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_EN: u64 = 1 << 11;
+/// x2APIC MSRs (0x800 + xAPIC offset / 16, SDM table 11-6).
+mod x2 {
+    pub const ID: u32 = 0x802;
+    pub const VERSION: u32 = 0x803;
+    pub const TPR: u32 = 0x808;
+    pub const LDR: u32 = 0x80d;
+    pub const SVR: u32 = 0x80f;
+    /// In-service bits of vectors 255:224 (ISR at xAPIC 0x170).
+    pub const ISR7: u32 = 0x817;
+    /// Requested bits of vectors 255:224 (IRR at xAPIC 0x270).
+    pub const IRR7: u32 = 0x827;
+    pub const LVT_TIMER: u32 = 0x832;
+    pub const TIMER_INITIAL: u32 = 0x838;
+    pub const TIMER_CURRENT: u32 = 0x839;
+    pub const TIMER_DIVIDE: u32 = 0x83e;
+    pub const SELF_IPI: u32 = 0x83f;
+}
 /// Periodic interrupts to wait for.
 const PERIODIC_TICKS: u32 = 5;
 /// Most `hlt`s to wait for any interrupt (each one waits for a deadline).
@@ -51,17 +82,45 @@ core::arch::global_asm!(
 timer_isr:
     pushq %rax
     lock incl TIMER_TICKS(%rip)
+    jmp 1f
+    .global ipi_isr
+ipi_isr:
+    pushq %rax
+    lock incl IPI_COUNT(%rip)
+1:  cmpb $0, X2APIC_ON(%rip)
+    jne 2f
     movl $0xfee000b0, %eax
     movl $0, (%rax)             /* xAPIC EOI */
+    popq %rax
+    iretq
+2:  pushq %rcx
+    pushq %rdx
+    movl $0x80b, %ecx           /* x2APIC EOI MSR */
+    xorl %eax, %eax
+    xorl %edx, %edx
+    wrmsr
+    popq %rdx
+    popq %rcx
     popq %rax
     iretq
 "#,
     options(att_syntax)
 );
 
+/// Self-IPIs taken at [`IPI_VECTOR`] (incremented by the handler).
+#[unsafe(no_mangle)]
+static IPI_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Non-zero once the local APIC is in x2APIC mode: the handlers then
+/// signal EOI through MSR 0x80B instead of the xAPIC page.
+#[unsafe(no_mangle)]
+static X2APIC_ON: AtomicU8 = AtomicU8::new(0);
+
 unsafe extern "C" {
     /// The interrupt handler of [`TIMER_VECTOR`] (assembly above).
     fn timer_isr();
+    /// The interrupt handler of [`IPI_VECTOR`] (assembly above).
+    fn ipi_isr();
 }
 
 /// The 256-gate IDT.
@@ -87,6 +146,7 @@ fn install_idt() {
         }
         idt.0[usize::from(TIMER_VECTOR)] =
             Gate::interrupt(timer_isr as *const () as u64, KERNEL_CS);
+        idt.0[usize::from(IPI_VECTOR)] = Gate::interrupt(ipi_isr as *const () as u64, KERNEL_CS);
         let ptr = DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: idt as *const Idt as u64,
@@ -132,6 +192,25 @@ fn hpet_write(reg: u64, val: u64) {
     unsafe {
         core::arch::asm!("mov qword ptr [{}], {}", in(reg) HPET + reg, in(reg) val,
             options(nostack, preserves_flags));
+    }
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDMSR of an MSR the hypervisor emulates (IA32_APIC_BASE or
+    // the x2APIC range); it only reads.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: WRMSR of a local APIC MSR; it changes no memory.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32,
+            in("edx") (value >> 32) as u32, options(nostack, preserves_flags));
     }
 }
 
@@ -228,5 +307,145 @@ fn main(_info: u32) -> ! {
     }
     println!("timer: hpet period {period_fs} fs, counter {a} -> {b}");
     println!("timer: hpet counter advances ok");
+
+    x2apic(version);
     exit(EXIT_PASS)
+}
+
+/// Halts with interrupts on until `count` self-IPIs were counted (as
+/// [`wait_ticks`]). Leaves interrupts off.
+fn wait_ipis(count: u32) -> bool {
+    for _ in 0..MAX_HALTS {
+        if IPI_COUNT.load(Ordering::SeqCst) >= count {
+            break;
+        }
+        // SAFETY: as in `wait_ticks`.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    IPI_COUNT.load(Ordering::SeqCst) >= count
+}
+
+/// The x2APIC part (SDM vol. 3A 11.12): the switch through
+/// `IA32_APIC_BASE`, the identity registers, both timer modes and a
+/// self-IPI through the MSRs, and the xAPIC page gone.
+fn x2apic(xapic_version: u32) {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 21) == 0 {
+        fail("x2apic: CPUID.1:ECX[21] is clear");
+    }
+    let base = rdmsr(IA32_APIC_BASE);
+    if base & APIC_BASE_EN == 0 || base & APIC_BASE_EXTD != 0 {
+        fail("x2apic: IA32_APIC_BASE is not in xAPIC mode (EN=1, EXTD=0)");
+    }
+    wrmsr(IA32_APIC_BASE, base | APIC_BASE_EXTD);
+    let now = rdmsr(IA32_APIC_BASE);
+    if now != base | APIC_BASE_EXTD {
+        fail("x2apic: IA32_APIC_BASE does not read back with EXTD set");
+    }
+    X2APIC_ON.store(1, Ordering::SeqCst);
+    println!("timer: x2apic mode on, IA32_APIC_BASE {base:#x} -> {now:#x}");
+
+    // The 32-bit x2APIC ID is the one CPUID leaf 0xB reports (its 8 low
+    // bits the initial APIC ID of leaf 1); the version register is the
+    // xAPIC one; the LDR is derived from the ID (SDM 11.12.10.2); the
+    // switch keeps the other registers (SVR written in xAPIC mode).
+    let id = rdmsr(x2::ID);
+    let want_id = if core::arch::x86_64::__cpuid(0).eax >= 0xb {
+        core::arch::x86_64::__cpuid_count(0xb, 0).edx
+    } else {
+        leaf1.ebx >> 24
+    };
+    if id != u64::from(want_id) {
+        fail("x2apic: ID MSR 0x802 is not the CPUID x2APIC ID");
+    }
+    let ver = rdmsr(x2::VERSION);
+    if ver != u64::from(xapic_version) {
+        fail("x2apic: version MSR 0x803 differs from the xAPIC version");
+    }
+    let ldr = rdmsr(x2::LDR);
+    if ldr != ((id >> 4) << 16) | (1 << (id & 0xf)) {
+        fail("x2apic: LDR MSR 0x80D is not derived from the x2APIC ID");
+    }
+    if rdmsr(x2::SVR) != 0x1ff {
+        fail("x2apic: SVR MSR 0x80F lost its xAPIC value");
+    }
+    println!("timer: x2apic id {id:#x} version {ver:#x} ldr {ldr:#x} ok");
+
+    // One-shot through the MSRs; the current count counts down. A tick of
+    // the xAPIC periodic timer that expired after its last wait (with
+    // interrupts off) is still pending in the IRR: masking the LVT does not
+    // clear it (SDM 11.5.1). Take it first, so it does not count here.
+    // SAFETY: STI; NOP opens an interrupt window after the STI shadow; the
+    // IDT is installed; CLI closes it again.
+    unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
+    TIMER_TICKS.store(0, Ordering::SeqCst);
+    const ONE_SHOT: u64 = 20_000_000;
+    wrmsr(x2::TIMER_DIVIDE, 0xb);
+    wrmsr(x2::LVT_TIMER, u64::from(TIMER_VECTOR));
+    wrmsr(x2::TIMER_INITIAL, ONE_SHOT);
+    let c1 = rdmsr(x2::TIMER_CURRENT);
+    let c2 = rdmsr(x2::TIMER_CURRENT);
+    println!("timer: x2apic current count {c1} -> {c2} (initial {ONE_SHOT})");
+    if c1 == 0 || c1 > ONE_SHOT || c2 >= c1 {
+        fail("x2apic: current count MSR 0x839 does not count down");
+    }
+    if rdmsr(x2::TIMER_INITIAL) != ONE_SHOT || rdmsr(x2::TIMER_DIVIDE) != 0xb {
+        fail("x2apic: initial count or divide MSR does not read back");
+    }
+    if !wait_ticks(1) {
+        fail("x2apic: no one-shot interrupt");
+    }
+    if rdmsr(x2::TIMER_CURRENT) != 0 {
+        fail("x2apic: one-shot current count is not 0 after expiry");
+    }
+    for _ in 0..1000 {
+        core::hint::spin_loop();
+    }
+    if TIMER_TICKS.load(Ordering::SeqCst) != 1 {
+        fail("x2apic: one-shot timer fired more than once");
+    }
+    println!("timer: x2apic one-shot ok");
+
+    // Periodic.
+    wrmsr(x2::LVT_TIMER, (1 << 17) | u64::from(TIMER_VECTOR));
+    wrmsr(x2::TIMER_INITIAL, 200_000);
+    if !wait_ticks(1 + PERIODIC_TICKS) {
+        fail("x2apic: periodic interrupts stopped");
+    }
+    wrmsr(x2::LVT_TIMER, 1 << 16); // mask
+    wrmsr(x2::TIMER_INITIAL, 0);
+    println!("timer: x2apic periodic {PERIODIC_TICKS} ticks ok");
+
+    // Self-IPI (SDM 11.12.11): with interrupts off it waits in the IRR,
+    // then is delivered once, and its EOI clears the ISR.
+    wrmsr(x2::SELF_IPI, u64::from(IPI_VECTOR));
+    let bit = 1u64 << (IPI_VECTOR % 32);
+    if rdmsr(x2::IRR7) & bit == 0 || rdmsr(x2::ISR7) & bit != 0 {
+        fail("x2apic: self-IPI is not pending in the IRR");
+    }
+    if !wait_ipis(1) {
+        fail("x2apic: self-IPI not delivered");
+    }
+    if IPI_COUNT.load(Ordering::SeqCst) != 1
+        || rdmsr(x2::IRR7) & bit != 0
+        || rdmsr(x2::ISR7) & bit != 0
+    {
+        fail("x2apic: self-IPI delivered twice or left in the IRR/ISR");
+    }
+    println!("timer: x2apic self-ipi {IPI_VECTOR:#x} ok");
+
+    // SDM 11.12.1.2: in x2APIC mode the xAPIC page is not the APIC (it
+    // behaves as with the APIC globally disabled): its reads are not the
+    // registers and its writes do not reach them.
+    let mmio_version = lapic_read(0x30);
+    lapic_write(0x80, 0x20); // TPR
+    let tpr = rdmsr(x2::TPR);
+    println!("timer: x2apic xapic page reads {mmio_version:#x} at 0x30, TPR {tpr:#x}");
+    if mmio_version == xapic_version {
+        fail("x2apic: the xAPIC page still answers as the APIC");
+    }
+    if tpr != 0 {
+        fail("x2apic: a write to the xAPIC page reached the TPR");
+    }
+    println!("timer: x2apic xapic page disabled ok");
 }
