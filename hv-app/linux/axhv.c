@@ -485,72 +485,67 @@ static void axhv_destroy_all(void)
 			axhv_vm_destroy_id(id);
 }
 
-static long axhv_vm_list(void __user *uarg)
+/*
+ * A hypercall that moves bytes between the hypervisor and a user buffer
+ * through a kernel bounce buffer of `len` bytes (at most `max`): `in`
+ * copies the user bytes to the hypervisor (`nr`(id, pa, len)), otherwise
+ * the hypervisor's first `out_unit` * result bytes go back to the user
+ * (`nr`(pa, len) for id 0, `nr`(id, pa, len) otherwise).
+ */
+static long axhv_hc_buffer(unsigned long nr, u32 id, struct axhv_buf b, u64 min, u64 max,
+			   bool in, u64 out_unit)
 {
-	struct axhv_buf b;
 	void *buf;
 	long n;
 
-	if (copy_from_user(&b, uarg, sizeof(b)))
-		return -EFAULT;
 	if (!axhv_enabled)
 		return -ENODEV;
-	if (b.len < 16 || b.len > (1UL << 20))
+	if (b.len < min || b.len > max)
 		return -EINVAL;
 	buf = kzalloc(b.len, GFP_KERNEL);
 	if (!buf)
 		return -ENOMEM;
-	n = axhv_hypercall(AXHV_HC_VM_LIST, __pa(buf), b.len, 0, 0);
-	if (n > 0 && copy_to_user(u64_to_user_ptr(b.ptr), buf, min_t(u64, b.len, n * 16)))
+	if (in && copy_from_user(buf, u64_to_user_ptr(b.ptr), b.len)) {
+		kfree(buf);
+		return -EFAULT;
+	}
+	if (id)
+		n = axhv_hypercall(nr, id, __pa(buf), b.len, 0);
+	else
+		n = axhv_hypercall(nr, __pa(buf), b.len, 0, 0);
+	if (!in && n > 0 &&
+	    copy_to_user(u64_to_user_ptr(b.ptr), buf, min_t(u64, b.len, n * out_unit)))
 		n = -EFAULT;
 	kfree(buf);
 	return n;
 }
 
+static long axhv_vm_list(void __user *uarg)
+{
+	struct axhv_buf b;
+
+	if (copy_from_user(&b, uarg, sizeof(b)))
+		return -EFAULT;
+	return axhv_hc_buffer(AXHV_HC_VM_LIST, 0, b, 16, 1UL << 20, false, 16);
+}
+
 static long axhv_vm_console(void __user *uarg)
 {
 	struct axhv_vm_console c;
-	void *buf;
-	long n;
 
 	if (copy_from_user(&c, uarg, sizeof(c)))
 		return -EFAULT;
-	if (!axhv_enabled)
-		return -ENODEV;
-	if (!c.buf.len || c.buf.len > (1UL << 20))
-		return -EINVAL;
-	buf = kzalloc(c.buf.len, GFP_KERNEL);
-	if (!buf)
-		return -ENOMEM;
-	n = axhv_hypercall(AXHV_HC_VM_CONSOLE_READ, c.id, __pa(buf), c.buf.len, 0);
-	if (n > 0 && copy_to_user(u64_to_user_ptr(c.buf.ptr), buf, n))
-		n = -EFAULT;
-	kfree(buf);
-	return n;
+	return axhv_hc_buffer(AXHV_HC_VM_CONSOLE_READ, c.id, c.buf, 1, 1UL << 20, false, 1);
 }
 
 /* Queues bytes as a VM's console input; returns how many were taken. */
 static long axhv_vm_input(void __user *uarg)
 {
 	struct axhv_vm_console c;
-	void *buf;
-	long n;
 
 	if (copy_from_user(&c, uarg, sizeof(c)))
 		return -EFAULT;
-	if (!axhv_enabled)
-		return -ENODEV;
-	if (!c.buf.len || c.buf.len > 4096)
-		return -EINVAL;
-	buf = kzalloc(c.buf.len, GFP_KERNEL);
-	if (!buf)
-		return -ENOMEM;
-	if (copy_from_user(buf, u64_to_user_ptr(c.buf.ptr), c.buf.len))
-		n = -EFAULT;
-	else
-		n = axhv_hypercall(AXHV_HC_VM_CONSOLE_WRITE, c.id, __pa(buf), c.buf.len, 0);
-	kfree(buf);
-	return n;
+	return axhv_hc_buffer(AXHV_HC_VM_CONSOLE_WRITE, c.id, c.buf, 1, 4096, true, 0);
 }
 
 /* Reads a word with an exception-table fixup: a fault (#GP, #PF) makes it
