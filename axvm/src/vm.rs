@@ -851,6 +851,16 @@ where
     /// the guest can take it (interrupts on, no interrupt shadow) and asks
     /// for an interrupt-window exit otherwise.
     fn lapic_before_entry(&mut self, id: usize) -> Result {
+        // The common case on the exit path: nothing requested and no timer
+        // that could expire, so no clock read (a wake-up asked for before
+        // is cancelled once).
+        if self.lapics.get(id).is_some_and(|a| a.is_quiet()) {
+            if self.wakeups.get(id).is_some_and(|w| w.is_some()) {
+                let now = self.apic_now();
+                self.set_wakeup(id, None, now);
+            }
+            return Ok(());
+        }
         let now = self.apic_now();
         let Some(apic) = self.lapics.get_mut(id) else {
             return Ok(());

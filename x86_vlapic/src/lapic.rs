@@ -91,6 +91,9 @@ impl Bitmap256 {
     fn clear(&mut self, v: u8) {
         self.0[(v >> 5) as usize] &= !(1 << (v & 31));
     }
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
     fn highest(&self) -> Option<u8> {
         (0..8usize)
             .rev()
@@ -344,6 +347,14 @@ impl VLocalApic {
             TriggerMode::Level => self.tmr.set(vector),
         }
         true
+    }
+
+    /// Whether this APIC has nothing to do before the next entry: no
+    /// interrupt requested (IRR empty) and no timer that can expire (or the
+    /// APIC is disabled). A VM may skip reading its clock then.
+    #[inline]
+    pub fn is_quiet(&self) -> bool {
+        !self.base.is_enabled() || (self.irr.is_empty() && !self.timer.is_armed(self.timer_mode()))
     }
 
     /// The vector the vCPU should take next: the highest IRR vector whose

@@ -1105,3 +1105,23 @@ fn bsp_switch_to_x2apic_as_the_timer_guest_does() {
     );
     assert_eq!(a.read_msr(0x808, t(0)), Ok(0));
 }
+
+#[test]
+fn quiet_only_without_requests_and_armed_timer() {
+    let mut a = enabled(0);
+    assert!(a.is_quiet(), "enabled, timer idle, IRR empty");
+    // One-shot armed (LVT timer vector 0xF0, divide by 1, initial count).
+    wr(&mut a, 0x3e0, 0xb);
+    wr(&mut a, 0x320, 0xf0);
+    wr_at(&mut a, 0x380, 1000, 0);
+    assert!(!a.is_quiet(), "a countdown runs");
+    // Expired: the vector waits in the IRR.
+    assert_eq!(a.poll_timer(t(1_000_000_000)), Some(0xf0));
+    assert!(!a.is_quiet(), "IRR holds 0xF0");
+    assert!(a.ack(0xf0));
+    assert!(a.is_quiet(), "delivered; one-shot over");
+    // Initial count 0 stops the timer: quiet again.
+    wr_at(&mut a, 0x380, 1000, 0);
+    wr_at(&mut a, 0x380, 0, 0);
+    assert!(a.is_quiet());
+}

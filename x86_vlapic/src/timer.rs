@@ -266,6 +266,16 @@ impl Timer {
         Expiry::Expired
     }
 
+    /// Whether the timer can expire at all (a countdown runs, or a TSC
+    /// deadline is set in TSC-deadline mode).
+    pub(crate) fn is_armed(&self, mode: TimerMode) -> bool {
+        if mode == TimerMode::TscDeadline {
+            self.tsc_deadline != 0
+        } else {
+            self.countdown.is_some()
+        }
+    }
+
     /// When the next expiry is due, if the timer is armed.
     pub(crate) fn next_deadline(&self, mode: TimerMode) -> Option<TimerDeadline> {
         if mode == TimerMode::TscDeadline {
