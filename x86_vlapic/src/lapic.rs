@@ -92,7 +92,8 @@ impl Bitmap256 {
         self.0[(v >> 5) as usize] &= !(1 << (v & 31));
     }
     fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
+        let w = &self.0;
+        (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0
     }
     fn highest(&self) -> Option<u8> {
         (0..8usize)
