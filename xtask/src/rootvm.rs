@@ -112,7 +112,8 @@ pub fn build_hv_app_linux() -> Result<PathBuf, String> {
 /// (CPU 1 back online), disable; the first cycle also runs `hvctl
 /// selftest` (malformed hypercalls, a root-VM read of the hypervisor's
 /// memory), the second a guest that is stopped for touching memory outside
-/// its own, the third a guest that never ends, destroyed while it runs.
+/// its own and one that reads a line typed with `hvctl vm input`, the third
+/// a guest that never ends, destroyed while it runs.
 pub fn init_script() -> String {
     format!(
         r#"{prelude}echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
@@ -141,6 +142,13 @@ for i in 1 2 3; do
         hvctl vm console 1
         hvctl vm destroy 1
         echo "axhv-rootvm: cycle $i: misbehaving guest destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
+        # Console input: the echo guest waits at its prompt for a line.
+        hvctl vm create /axhv/test-guest.toml --image /axhv/echo
+        hvctl vm console 1 --follow --until 'type a line>' --timeout 60
+        hvctl vm input 1 'ping from Linux\r'
+        hvctl vm console 1 --follow --timeout 60
+        hvctl vm destroy 1
+        echo "axhv-rootvm: cycle $i: echo guest destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
     fi
     if [ $i = 3 ]; then
         # A guest that never ends and makes no exits: destroyed while it runs.
@@ -195,6 +203,11 @@ fn cycle(i: u32) -> Vec<String> {
                 "VM 1 stopped: access to GPA 0x40000000 outside its memory",
                 "axhv: CPU 1 back online, under the hypervisor again",
                 "axhv-rootvm: cycle 2: misbehaving guest destroyed, CPUs online 0-1",
+                "[vm1] echo: type a line>",
+                "sent 16 of 16 byte(s) to VM 1",
+                "[vm1] echo: got ping from Linux",
+                "VM 1 (test-guest) exited with status 0",
+                "axhv-rootvm: cycle 2: echo guest destroyed, CPUs online 0-1",
             ]
             .map(String::from),
         );
@@ -275,6 +288,9 @@ pub fn expect_hv() -> Vec<Vec<String>> {
             cpu1.push(
                 "axhv: VM 1 stopped: access to GPA 0x40000000 outside its memory".to_string(),
             );
+            cpu1.extend(back.map(String::from));
+            cpu1.extend(guest.map(String::from));
+            cpu1.push("axhv: VM 1 (test-guest) exited with status 0".to_string());
             cpu1.extend(back.map(String::from));
         }
         if i == 3 {
@@ -457,7 +473,7 @@ pub fn run_guests(
 fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
     let guests = tasks::build_guests()?;
     let root = initramfs_at(hv_linux, &guests.join("hello"))?;
-    for g in ["isolation", "spin"] {
+    for g in ["isolation", "spin", "echo"] {
         std::fs::copy(guests.join(g), root.join("axhv").join(g))
             .map_err(|e| format!("initramfs: guest {g}: {e}"))?;
     }
