@@ -920,6 +920,11 @@ where
         let Some(apic) = self.lapics.get(id) else {
             return false;
         };
+        // Halted with interrupts off: no interrupt can wake it (and no
+        // virtual device sends NMIs), whatever the APIC holds.
+        if !self.vcpus[id].arch_vcpu().interrupts_enabled() {
+            return false;
+        }
         if apic.highest_pending().is_some() {
             return true;
         }

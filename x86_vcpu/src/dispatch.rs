@@ -139,6 +139,10 @@ impl<H: Hal> X86VcpuExt for X86Vcpu<H> {
     fn request_interrupt_window(&mut self) -> Result<()> {
         both!(self, v => v.request_interrupt_window())
     }
+
+    fn interrupts_enabled(&self) -> bool {
+        both!(self, v => v.interrupts_enabled())
+    }
 }
 
 impl<H: Hal> AxArchPerCpu for X86PerCpu<H> {

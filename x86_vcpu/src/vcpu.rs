@@ -154,6 +154,13 @@ pub trait X86VcpuExt {
         true
     }
 
+    /// Whether the guest has maskable interrupts enabled (RFLAGS.IF). A
+    /// guest that halts with them off can only be woken by an NMI, which
+    /// no virtual device sends. The default is `true`.
+    fn interrupts_enabled(&self) -> bool {
+        true
+    }
+
     /// Asks for an exit as soon as the guest can take an external
     /// interrupt (SVM: a virtual interrupt with the VINTR intercept; VMX:
     /// interrupt-window exiting), for an interrupt that waits in the local

@@ -148,6 +148,23 @@ fn an_interrupt_waits_in_irr_until_the_guest_can_take_it() {
     assert_eq!(m.regs[4], 1);
 }
 
+#[test]
+fn halt_with_interrupts_off_ends_the_run_even_with_a_pending_vector() {
+    let (mut vm, _) = build(vec![
+        apic_write(0xf0, 0x1ff),
+        apic_write(0x300, (1 << 18) | 0x40),
+        E::Halt,
+        E::Halt,
+    ]);
+    // IF = 0 throughout: the self-IPI waits in the IRR and cannot wake it.
+    mock_mut(&mut vm).ready_after = usize::MAX;
+    mock_mut(&mut vm).interrupts_on = false;
+    assert_eq!(vm.run_vcpu(0), Ok(VmExit::Halt));
+    let m = mock(&vm);
+    assert_eq!(m.runs, 3, "stopped at the first HLT");
+    assert!(m.injected.is_empty());
+}
+
 /// A [`TestClock`] that records the wake-ups the VM asks for.
 #[derive(Debug, Default)]
 struct WakeupClock {

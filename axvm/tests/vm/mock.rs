@@ -55,6 +55,8 @@ pub struct MockVcpu {
     pub ready_after: usize,
     /// How often the VM asked for an interrupt window.
     pub window_requests: usize,
+    /// RFLAGS.IF as the guest has it.
+    pub interrupts_on: bool,
 }
 
 impl AxArchVCpu for MockVcpu {
@@ -77,6 +79,7 @@ impl AxArchVCpu for MockVcpu {
             rflags: 0x2,
             ready_after: 0,
             window_requests: 0,
+            interrupts_on: true,
         })
     }
 
@@ -145,6 +148,10 @@ impl X86VcpuExt for MockVcpu {
     fn request_interrupt_window(&mut self) -> x86_vcpu::Result<()> {
         self.window_requests += 1;
         Ok(())
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.interrupts_on
     }
 
     /// What the real backends do: decode with `x86_vcpu::decode`, step RIP,

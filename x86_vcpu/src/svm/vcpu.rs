@@ -811,6 +811,10 @@ impl<H: Hal> X86VcpuExt for SvmVcpu<H> {
         self.interrupt_ready()
     }
 
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcb().save.rflags & (1 << 9) != 0
+    }
+
     fn request_interrupt_window(&mut self) -> Result<()> {
         self.arm_vintr();
         Ok(())

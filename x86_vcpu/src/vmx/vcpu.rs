@@ -992,6 +992,18 @@ impl<H: Hal> X86VcpuExt for VmxVcpu<H> {
         true
     }
 
+    fn interrupts_enabled(&self) -> bool {
+        #[cfg(target_os = "none")]
+        {
+            // SAFETY: as in `ready_for_interrupt`; one read.
+            let vmcs = unsafe { super::hw::HwVmcs::new() };
+            vmcs.read(F::GUEST_RFLAGS)
+                .map_or(true, |f| f & (1 << 9) != 0)
+        }
+        #[cfg(not(target_os = "none"))]
+        true
+    }
+
     fn request_interrupt_window(&mut self) -> Result<()> {
         #[cfg(target_os = "none")]
         {
