@@ -145,40 +145,11 @@ pub fn run_with(args: &[String], cfg: &QemuConfig, io: &ConsoleIo) -> Result<Qem
 }
 
 /// Turns the escapes of `--input` text into bytes: `\r`, `\n`, `\t`,
-/// `\e` (ESC), `\\`, `\xHH`. Any other backslash sequence is an error.
+/// `\e` (ESC), `\\`, `\xHH` (hvctl's escape language: the Type-1.5 runs
+/// hand the same text to `hvctl vm input`). Any other backslash sequence
+/// is an error.
 pub fn unescape_input(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut it = text.bytes();
-    while let Some(b) = it.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        match it.next() {
-            Some(b'r') => out.push(b'\r'),
-            Some(b'n') => out.push(b'\n'),
-            Some(b't') => out.push(b'\t'),
-            Some(b'e') => out.push(0x1b),
-            Some(b'\\') => out.push(b'\\'),
-            Some(b'x') => {
-                let hex: Vec<u8> = it.by_ref().take(2).collect();
-                let v = std::str::from_utf8(&hex)
-                    .ok()
-                    .filter(|h| h.len() == 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("--input `{text}`: `\\x` needs two hex digits"))?;
-                out.push(v);
-            }
-            Some(c) => {
-                return Err(format!(
-                    "--input `{text}`: unknown escape `\\{}` (use \\r \\n \\t \\e \\\\ \\xHH)",
-                    c as char
-                ));
-            }
-            None => return Err(format!("--input `{text}`: ends with a lone `\\`")),
-        }
-    }
-    Ok(out)
+    hvctl::cli::unescape(text).map_err(|e| format!("--input {e}"))
 }
 
 /// The line each project initramfs `/init` prints first (`...: Linux up`).
