@@ -37,6 +37,7 @@ pub mod multiboot;
 pub mod paging;
 pub mod percpu;
 pub mod port;
+pub mod root_vmx;
 pub mod smp_plan;
 pub mod timing;
 pub mod uart16550;
@@ -204,6 +205,9 @@ pub enum Error {
     /// Virtualization or a vCPU operation failed.
     #[error("vCPU: {0}")]
     VCpu(#[from] axvcpu::Error),
+    /// A VMX capability check or control computation of `x86_vcpu` failed.
+    #[error("VMX: {0}")]
+    Vmx(#[from] x86_vcpu::Error),
     /// No ACPI structure of this name (`RSDP`, `MADT`) was found.
     #[error("ACPI {0} not found")]
     AcpiNotFound(&'static str),

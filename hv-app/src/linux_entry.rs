@@ -1,4 +1,5 @@
-//! The Type-1.5 Linux entry (first stage, AMD SVM only).
+//! The Type-1.5 Linux entry: Linux resumed as the root VM (AMD SVM here,
+//! Intel VMX in [`vmx`]).
 //!
 //! The `axhv` kernel module copies the flat image of the Linux-linked
 //! variant (`linker-linux.ld`, linked at the reserved region's physical
@@ -17,9 +18,10 @@
 //!    linked (= physical) address, onto its own per-CPU stack;
 //! 3. in Rust ([`linux_cpu_enter`]): copies Linux's kernel half (PML4
 //!    entries 256-511) into hv-app's page table, so Linux's GDT/TSS can be
-//!    read; checks SVM and nested paging; the first CPU builds the root VM's
-//!    nested page table (1:1 over 512 GiB, 1 GiB pages, 2 MiB pages in the
-//!    first GiB, the hypervisor region left out) and runs `hv_main` (frame
+//!    read; checks SVM and nested paging (or VMX, see [`vmx`]); the first
+//!    CPU builds the root VM's nested page table or EPT (1:1 over 512
+//!    GiB, 1 GiB pages, 2 MiB pages in the first GiB, the hypervisor
+//!    region left out) and runs `hv_main` (frame
 //!    allocator and heap over the rest of the region, the VM table of
 //!    `linux_vms`); sets EFER.SVME and VM_HSAVE_PA; fills the VMCB with
 //!    the live Linux state (segments from the GDT, GDTR/IDTR, TR, LDTR,
@@ -40,7 +42,7 @@
 //! `leave` (disable) returns the CPU to native; a CPU given to a guest VM
 //! leaves SVM when the VM ends and waits for Linux's INIT/SIPI.
 //!
-//! Not done yet: VMX (Intel) root VM; the region must end below 1 GiB.
+//! The region must end below 1 GiB.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +60,7 @@ const EIO: i64 = -5;
 const EOPNOTSUPP: i64 = -95;
 const EPERM: i64 = -1;
 const ENOMEM: i64 = -12;
+const EBUSY: i64 = -16;
 
 #[repr(C, align(4096))]
 struct Table([u64; 512]);
@@ -383,6 +386,8 @@ macro_rules! report {
     }};
 }
 
+mod vmx;
+
 /// A segment of the live CPU from Linux's GDT (`sys` for 16-byte system
 /// descriptors: TR, LDTR).
 fn segment(gdt_base: u64, gdt_limit: u16, selector: u16, sys: bool) -> VmcbSegment {
@@ -470,16 +475,26 @@ extern "C" fn linux_cpu_enter(
         report!("axhv: cpu{cpu}: region {region:#x}+{size:#x} ends above 1 GiB: unsupported\n");
         return EINVAL;
     }
-    if cpuid(0x8000_0001, 0)[2] & (1 << 2) == 0 {
-        return EOPNOTSUPP;
-    }
-    if cpuid(0x8000_000a, 0)[3] & 1 == 0 {
-        report!("axhv: cpu{cpu}: SVM without nested paging: unsupported\n");
-        return EOPNOTSUPP;
-    }
-    if rdmsr(0xc001_0114) & (1 << 4) != 0 {
-        report!("axhv: cpu{cpu}: SVM disabled by the firmware (VM_CR.SVMDIS)\n");
-        return EPERM;
+    let intel = vmx::present();
+    if intel {
+        if let Err(e) = vmx::check(cpu) {
+            crate::console::flush_deferred();
+            return e;
+        }
+    } else {
+        if cpuid(0x8000_0001, 0)[2] & (1 << 2) == 0 {
+            report!("axhv: cpu{cpu}: neither VMX nor SVM: unsupported\n");
+            crate::console::flush_deferred();
+            return EOPNOTSUPP;
+        }
+        if cpuid(0x8000_000a, 0)[3] & 1 == 0 {
+            report!("axhv: cpu{cpu}: SVM without nested paging: unsupported\n");
+            return EOPNOTSUPP;
+        }
+        if rdmsr(0xc001_0114) & (1 << 4) != 0 {
+            report!("axhv: cpu{cpu}: SVM disabled by the firmware (VM_CR.SVMDIS)\n");
+            return EPERM;
+        }
     }
     // The first CPU in builds the root VM's nested page table and runs
     // hv_main (frame allocator and heap over the rest of the region, the VM
@@ -489,7 +504,11 @@ extern "C" fn linux_cpu_enter(
         .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
-        build_npt(region, size);
+        if intel {
+            vmx::build_ept(region, size);
+        } else {
+            build_npt(region, size);
+        }
         let image_end = (&raw const __image_end) as u64;
         crate::console::defer_output();
         // SAFETY: a word of the image's header, written by the module
@@ -520,10 +539,6 @@ extern "C" fn linux_cpu_enter(
     }
     linux_vms::set_apic_id(cpu, apic_id());
 
-    let efer = rdmsr(0xc000_0080) | (1 << 12);
-    wrmsr(0xc000_0080, efer);
-    wrmsr(0xc001_0117, (&raw mut HSAVE) as u64 + (cpu as u64) * 4096);
-
     // Linux resumes where the entry returns to the module, with the
     // registers the entry saved on Linux's stack: R15, R14, R13, R12, RBX,
     // RBP, then the return address. So no instruction of the hypervisor's
@@ -548,6 +563,26 @@ extern "C" fn linux_cpu_enter(
     }
     let resume_rip = saved[6];
     let linux_rsp = linux_rsp + 7 * 8;
+    if intel {
+        let r = vmx::run_root(cpu, gprs, linux_rsp, linux_cr3, resume_rip);
+        crate::console::flush_deferred();
+        return r;
+    }
+    svm_root(cpu, gprs, linux_rsp, linux_cr3, resume_rip)
+}
+
+/// Runs Linux as the root VM on this CPU with SVM (see the module's
+/// documentation); returns a negative errno if the first VMRUN fails.
+fn svm_root(
+    cpu: usize,
+    gprs: *mut [u64; 16],
+    linux_rsp: u64,
+    linux_cr3: u64,
+    resume_rip: u64,
+) -> i64 {
+    let efer = rdmsr(0xc000_0080) | (1 << 12);
+    wrmsr(0xc000_0080, efer);
+    wrmsr(0xc001_0117, (&raw mut HSAVE) as u64 + (cpu as u64) * 4096);
 
     let vmcb_ptr = ((&raw mut VMCBS) as *mut Vmcb).wrapping_add(cpu);
     // SAFETY: VMCB `cpu` belongs to this CPU only (cpu < MAX_CPUS, checked
@@ -806,6 +841,18 @@ fn leave_native(cpu: usize, v: &Vmcb, gprs: &[u64; 16], rip: u64, rsp: u64) -> !
         gprs[14],
         gprs[15],
     ];
+    wrmsr(0xc001_0117, 0);
+    // SAFETY: GIF back to 1 before SVM goes off (as Linux's KVM does), with
+    // RFLAGS.IF = 0 (the host flags saved at entry): nothing is taken.
+    unsafe { asm!("stgi", options(nostack)) };
+    wrmsr(0xc000_0080, rdmsr(0xc000_0080) & !(1 << 12));
+    resume_native(cpu, state)
+}
+
+/// Jumps back to Linux through `axhv_leave_native` at its Linux address:
+/// `state` is CR3, RSP, RIP, RFLAGS, RBX, RBP, R12-R15. Virtualization is
+/// off already.
+fn resume_native(cpu: usize, state: [u64; 10]) -> ! {
     // SAFETY: LEAVE_STATE[cpu] and DELTA[cpu] belong to this CPU.
     let (state_va, delta) = unsafe {
         let slot = (&raw mut LEAVE_STATE).cast::<[u64; 10]>().add(cpu);
@@ -815,11 +862,6 @@ fn leave_native(cpu: usize, v: &Vmcb, gprs: &[u64; 16], rip: u64, rsp: u64) -> !
             (&raw const DELTA).cast::<u64>().add(cpu).read(),
         )
     };
-    wrmsr(0xc001_0117, 0);
-    // SAFETY: GIF back to 1 before SVM goes off (as Linux's KVM does), with
-    // RFLAGS.IF = 0 (the host flags saved at entry): nothing is taken.
-    unsafe { asm!("stgi", options(nostack)) };
-    wrmsr(0xc000_0080, rdmsr(0xc000_0080) & !(1 << 12));
     let native = (axhv_leave_native as *const () as u64).wrapping_sub(delta);
     // SAFETY: `native` is the Linux (module) address of
     // axhv_leave_native, mapped executable in both page tables; the state

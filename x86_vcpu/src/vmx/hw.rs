@@ -383,7 +383,7 @@ macro_rules! vmx_op_pa {
         /// # Safety
         /// CPL 0, CR4.VMXE set, and `pa` a 4 KiB page owned by the caller
         /// holding the right revision identifier.
-        pub(crate) unsafe fn $name(pa: HostPhysAddr) -> Result {
+        pub unsafe fn $name(pa: HostPhysAddr) -> Result {
             let pa = pa.as_usize() as u64;
             let (a, z): (u8, u8);
             // SAFETY: the caller's contract; the operand is a 64-bit memory
@@ -417,7 +417,7 @@ vmx_op_pa!(
 ///
 /// # Safety
 /// VMX root operation.
-pub(crate) unsafe fn vmxoff() -> Result {
+pub unsafe fn vmxoff() -> Result {
     let (a, z): (u8, u8);
     // SAFETY: the caller's contract.
     unsafe {
@@ -428,15 +428,17 @@ pub(crate) unsafe fn vmxoff() -> Result {
 
 /// The current VMCS, through VMREAD/VMWRITE.
 #[derive(Debug)]
-pub(crate) struct HwVmcs {
+pub struct HwVmcs {
     _private: (),
 }
 
 impl HwVmcs {
+    /// A handle to the current VMCS.
+    ///
     /// # Safety
     /// VMX root operation with the VMCS to access current (VMPTRLD) for as
     /// long as the handle is used.
-    pub(crate) unsafe fn new() -> Self {
+    pub unsafe fn new() -> Self {
         Self { _private: () }
     }
 }

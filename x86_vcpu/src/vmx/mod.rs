@@ -7,7 +7,7 @@ pub mod ept;
 pub mod event;
 pub mod exit;
 #[cfg(target_os = "none")]
-mod hw;
+pub mod hw;
 pub mod invalidate;
 mod percpu;
 pub mod setup;
