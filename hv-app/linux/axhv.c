@@ -567,14 +567,18 @@ static long axhv_probe_read(const void *addr, u64 *val)
 
 /* Malformed hypercalls and a read of the hypervisor's memory by the root
  * VM: each must come back as an error code, the hypervisor and Linux going
- * on. */
+ * on. Also what the root VM reads of the CPU's own virtualization feature,
+ * which the hypervisor hides: EFER.SVME and CPUID 8000_0001h ECX.SVM on
+ * AMD, CPUID 1 ECX.VMX on Intel (its EFER has no SVME bit). */
 static long axhv_selftest(void __user *uarg)
 {
-	struct axhv_selftest t;
+	struct axhv_selftest t = { 0 };
+	bool intel = boot_cpu_data.x86_vendor == X86_VENDOR_INTEL;
 	u64 word;
 
 	if (!axhv_enabled)
 		return -ENODEV;
+	t.vendor = intel ? AXHV_VENDOR_INTEL : AXHV_VENDOR_AMD;
 	t.bad_buffer = axhv_hypercall(AXHV_HC_VM_CREATE, hv_mem, 64, hv_mem + 4096, 4096);
 	t.unknown_nr = axhv_hypercall(0x7777, 0, 0, 0, 0);
 	t.bad_vm_id = axhv_hypercall(AXHV_HC_VM_START, 0, 1, 0, 0);
@@ -583,8 +587,13 @@ static long axhv_selftest(void __user *uarg)
 	rdmsrl(MSR_EFER, word);
 	t.efer_svme = (word >> 12) & 1;
 	t.cpuid_svm = (cpuid_ecx(0x80000001) >> 2) & 1;
-	pr_info("selftest: hypercall results %lld %lld %lld, read %lld, EFER.SVME %lld, CPUID SVM %lld\n",
-		t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read, t.efer_svme, t.cpuid_svm);
+	t.cpuid_vmx = (cpuid_ecx(1) >> 5) & 1;
+	if (intel)
+		pr_info("selftest: hypercall results %lld %lld %lld, read %lld, CPUID VMX %lld\n",
+			t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read, t.cpuid_vmx);
+	else
+		pr_info("selftest: hypercall results %lld %lld %lld, read %lld, EFER.SVME %lld, CPUID SVM %lld\n",
+			t.bad_buffer, t.unknown_nr, t.bad_vm_id, t.hv_read, t.efer_svme, t.cpuid_svm);
 	return copy_to_user(uarg, &t, sizeof(t)) ? -EFAULT : 0;
 }
 

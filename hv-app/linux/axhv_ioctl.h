@@ -18,7 +18,7 @@
 #include <sys/ioctl.h>
 #endif
 
-#define AXHV_MODULE_ABI 0x00010000u /* 1.0: major << 16 | minor */
+#define AXHV_MODULE_ABI 0x00010001u /* 1.1: major << 16 | minor */
 
 #define AXHV_IOC_MAGIC 0xE7
 
@@ -56,13 +56,20 @@ struct axhv_vm_console {	/* 24 bytes */
 	struct axhv_buf buf;
 };
 
-struct axhv_selftest {		/* 48 bytes */
+/* struct axhv_selftest vendor: which virtualization fields apply */
+#define AXHV_VENDOR_AMD 0u	/* SVM: efer_svme, cpuid_svm */
+#define AXHV_VENDOR_INTEL 1u	/* VMX: cpuid_vmx (EFER has no SVME) */
+
+struct axhv_selftest {		/* 64 bytes */
 	__s64 bad_buffer;	/* vm_create pointing into the hypervisor's region */
 	__s64 unknown_nr;	/* hypercall 0x7777 */
 	__s64 bad_vm_id;	/* vm_start of VM 0 */
 	__s64 hv_read;		/* the root VM reading the hypervisor's region */
 	__s64 efer_svme;	/* EFER.SVME as the root VM reads it (0: hidden) */
 	__s64 cpuid_svm;	/* CPUID 8000_0001h ECX.SVM as it reads it (0: hidden) */
+	__u32 vendor;		/* AXHV_VENDOR_* */
+	__u32 reserved;
+	__s64 cpuid_vmx;	/* CPUID 1 ECX.VMX (bit 5) as it reads it (0: hidden) */
 };
 
 #define AXHV_IOC_STATUS _IOR(AXHV_IOC_MAGIC, 0x00, struct axhv_status)

@@ -84,11 +84,22 @@ pub struct SelfTest {
     pub efer_svme: i64,
     /// CPUID 8000_0001h ECX.SVM as the root VM reads it (0 expected).
     pub cpuid_svm: i64,
+    /// Which virtualization the CPU has ([`VENDOR_AMD`], [`VENDOR_INTEL`]):
+    /// which of the feature fields the selftest judges.
+    pub vendor: u32,
+    /// CPUID 1 ECX.VMX (bit 5) as the root VM reads it (0 expected on
+    /// Intel: hidden).
+    pub cpuid_vmx: i64,
 }
+
+/// [`SelfTest::vendor`]: AMD SVM (`efer_svme`, `cpuid_svm` apply).
+pub const VENDOR_AMD: u32 = 0;
+/// [`SelfTest::vendor`]: Intel VMX (`cpuid_vmx` applies; EFER has no SVME).
+pub const VENDOR_INTEL: u32 = 1;
 
 impl SelfTest {
     /// Size of `struct axhv_selftest`.
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = 64;
 
     /// Decodes the structure.
     pub fn decode(b: &[u8; Self::SIZE]) -> Self {
@@ -100,6 +111,8 @@ impl SelfTest {
             hv_read: at(3),
             efer_svme: at(4),
             cpuid_svm: at(5),
+            vendor: u32::from_le_bytes(b[48..52].try_into().unwrap_or([0; 4])),
+            cpuid_vmx: at(7),
         }
     }
 }
@@ -278,8 +291,8 @@ mod tests {
         assert_eq!(IOC_VM_CONSOLE, 0xC018_E715);
         // _IOW(0xE7, 0x16, 24 bytes).
         assert_eq!(IOC_VM_INPUT, 0x4018_E716);
-        // _IOR(0xE7, 0x20, 48 bytes).
-        assert_eq!(IOC_SELFTEST, 0x8030_E720);
+        // _IOR(0xE7, 0x20, 64 bytes).
+        assert_eq!(IOC_SELFTEST, 0x8040_E720);
         // KVM_RUN is _IO(0xAE, 0x80) = 0xAE80: the same formula.
         assert_eq!(ioc(0, 0xAE, 0x80, 0), 0xAE80);
     }
@@ -335,5 +348,33 @@ mod tests {
         let e = VmEntry::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]).unwrap();
         assert_eq!((e.id, e.state_name(), e.cpus), (1, "running", 2));
         assert_eq!(VmEntry::decode(&[0; 15]), None);
+    }
+
+    #[test]
+    fn selftest_decodes_each_field() {
+        let mut b = [0u8; SelfTest::SIZE];
+        b[0..8].copy_from_slice(&(-14i64).to_le_bytes());
+        b[8..16].copy_from_slice(&(-38i64).to_le_bytes());
+        b[16..24].copy_from_slice(&(-22i64).to_le_bytes());
+        b[24..32].copy_from_slice(&(-14i64).to_le_bytes());
+        b[32] = 1; // efer_svme
+        b[40] = 1; // cpuid_svm
+        b[48] = VENDOR_INTEL as u8;
+        b[52] = 0xff; // reserved: ignored
+        b[56] = 1; // cpuid_vmx
+        let t = SelfTest::decode(&b);
+        assert_eq!(
+            t,
+            SelfTest {
+                bad_buffer: -14,
+                unknown_nr: -38,
+                bad_vm_id: -22,
+                hv_read: -14,
+                efer_svme: 1,
+                cpuid_svm: 1,
+                vendor: VENDOR_INTEL,
+                cpuid_vmx: 1,
+            }
+        );
     }
 }

@@ -164,6 +164,33 @@ fn ioctl_error(what: &'static str, errno: i32) -> Error {
     }
 }
 
+/// Refines a failed enable: `EOPNOTSUPP` comes from the module for an
+/// image without a Linux entry, but also from an entry that does not
+/// support this CPU (then the module rolled every CPU back); the module's
+/// status tells them apart.
+fn enable_error(dev: &mut dyn Device, e: Error) -> Error {
+    if let Error::Ioctl {
+        errno: errno::EOPNOTSUPP,
+        ..
+    } = e
+    {
+        let mut b = [0u8; Status::SIZE];
+        let has_entry = call(dev, "status", abi::IOC_STATUS, &mut b).is_ok()
+            && Status::decode(&b).flags & abi::STATUS_IMAGE_LINUX_ENTRY != 0;
+        if has_entry {
+            return Error::Ioctl {
+                what: "enable",
+                reason: "the hypervisor's Linux entry does not support this CPU (Operation not \
+                    supported); every CPU was rolled back to native (see dmesg and the \
+                    hypervisor's console lines)"
+                    .to_string(),
+                errno: errno::EOPNOTSUPP,
+            };
+        }
+    }
+    e
+}
+
 fn call(dev: &mut dyn Device, what: &'static str, cmd: u32, arg: &mut [u8]) -> Result<i32> {
     dev.ioctl(cmd, arg).map_err(|e| ioctl_error(what, e))
 }
@@ -222,8 +249,12 @@ pub fn execute(
     open: &mut dyn FnMut() -> Result<Box<dyn Device>>,
     out: &mut dyn Write,
 ) -> Result {
+    // One write per line: a line-oriented sink such as `/dev/kmsg` (one
+    // record per write, at most about 1 KiB) gets each line whole.
     let mut say = |s: String| {
-        let _ = writeln!(out, "{s}");
+        for line in s.split('\n') {
+            let _ = out.write_all(format!("{line}\n").as_bytes());
+        }
     };
     match cmd {
         Command::Help => say(cli::USAGE.trim_end().to_string()),
@@ -243,7 +274,9 @@ pub fn execute(
             .encode();
             call(dev.as_mut(), "load image", abi::IOC_LOAD_IMAGE, &mut arg)?;
             say(format!("loaded {} ({} bytes)", image.display(), img.len()));
-            call(dev.as_mut(), "enable", abi::IOC_ENABLE, &mut [])?;
+            if let Err(e) = call(dev.as_mut(), "enable", abi::IOC_ENABLE, &mut []) {
+                return Err(enable_error(dev.as_mut(), e));
+            }
             say("hypervisor enabled: Linux runs as the root VM".into());
         }
         Command::Disable => {
@@ -348,21 +381,33 @@ pub fn execute(
                     -14,
                     "EFAULT",
                 ),
-                (
-                    "EFER.SVME as the root VM reads it",
-                    t.efer_svme,
-                    0,
-                    "hidden",
-                ),
-                (
-                    "CPUID SVM bit as the root VM reads it",
-                    t.cpuid_svm,
-                    0,
-                    "hidden",
-                ),
             ];
+            // The CPU's own virtualization feature, hidden from the root VM.
+            let hidden: &[(&str, i64, i64, &str)] = if t.vendor == abi::VENDOR_INTEL {
+                &[(
+                    "CPUID VMX bit as the root VM reads it",
+                    t.cpuid_vmx,
+                    0,
+                    "hidden",
+                )]
+            } else {
+                &[
+                    (
+                        "EFER.SVME as the root VM reads it",
+                        t.efer_svme,
+                        0,
+                        "hidden",
+                    ),
+                    (
+                        "CPUID SVM bit as the root VM reads it",
+                        t.cpuid_svm,
+                        0,
+                        "hidden",
+                    ),
+                ]
+            };
             let mut bad = 0;
-            for (what, got, want, name) in checks {
+            for &(what, got, want, name) in checks.iter().chain(hidden) {
                 let verdict = if got == want { "ok" } else { "UNEXPECTED" };
                 if got != want {
                     bad += 1;
@@ -572,11 +617,83 @@ mod tests {
         );
         assert!(out.contains("(100 bytes)"), "{out}");
         let log = log.borrow();
-        assert_eq!(log.len(), 2);
+        assert_eq!(log.len(), 3);
         assert_eq!(log[0].0, abi::IOC_LOAD_IMAGE);
         // The image length travels in bytes 8..16 of struct axhv_buf.
         assert_eq!(&log[0].1[8..16], &100u64.to_le_bytes());
         assert_eq!(log[1], (abi::IOC_ENABLE, vec![]));
+        // The status (no Linux-entry flag) tells why.
+        assert_eq!(log[2].0, abi::IOC_STATUS);
+    }
+
+    #[test]
+    fn enable_refused_by_the_entry_is_told_apart() {
+        let img = tmp_file("hv-entry.bin", &[0x90; 64]);
+        let (r, _, _) = run(&["enable", "--image", &img], |cmd, arg| match cmd {
+            abi::IOC_ENABLE => Err(errno::EOPNOTSUPP),
+            abi::IOC_STATUS => {
+                arg[4] = (abi::STATUS_REGION_OK
+                    | abi::STATUS_IMAGE_LOADED
+                    | abi::STATUS_IMAGE_LINUX_ENTRY) as u8;
+                Ok(0)
+            }
+            _ => Ok(0),
+        });
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "enable: the hypervisor's Linux entry does not support this CPU (Operation not \
+             supported); every CPU was rolled back to native (see dmesg and the hypervisor's \
+             console lines)"
+        );
+    }
+
+    /// A fake's answer to `AXHV_IOC_SELFTEST`: every probe as expected,
+    /// the feature bits set (`1`: seen by the root VM).
+    fn selftest_answer(arg: &mut [u8], vendor: u32, seen: bool) {
+        for (i, v) in [-14i64, -38, -22, -14].into_iter().enumerate() {
+            arg[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let bit = i64::from(seen).to_le_bytes();
+        arg[32..40].copy_from_slice(&bit);
+        arg[40..48].copy_from_slice(&bit);
+        arg[48..52].copy_from_slice(&vendor.to_le_bytes());
+        arg[56..64].copy_from_slice(&bit);
+    }
+
+    #[test]
+    fn selftest_judges_the_vendors_feature() {
+        let (r, out, log) = run(&["selftest"], |_, arg| {
+            selftest_answer(arg, abi::VENDOR_AMD, false);
+            Ok(0)
+        });
+        r.unwrap();
+        assert_eq!(log.borrow()[0].0, abi::IOC_SELFTEST);
+        assert!(out.contains("selftest: unknown hypercall 0x7777 -> -38 (ENOSYS expected): ok"));
+        assert!(
+            out.contains("selftest: EFER.SVME as the root VM reads it -> 0 (hidden expected): ok")
+        );
+        assert!(out.contains(
+            "selftest: CPUID SVM bit as the root VM reads it -> 0 (hidden expected): ok"
+        ));
+        assert!(!out.contains("VMX"), "{out}");
+        let (r, out, _) = run(&["selftest"], |_, arg| {
+            selftest_answer(arg, abi::VENDOR_INTEL, false);
+            Ok(0)
+        });
+        r.unwrap();
+        assert!(out.contains(
+            "selftest: CPUID VMX bit as the root VM reads it -> 0 (hidden expected): ok"
+        ));
+        assert!(!out.contains("SVM"), "{out}");
+        // A VMX bit the root VM can see is reported and fails the selftest.
+        let (r, out, _) = run(&["selftest"], |_, arg| {
+            selftest_answer(arg, abi::VENDOR_INTEL, true);
+            Ok(0)
+        });
+        assert!(matches!(r, Err(Error::SelfTest(1))), "{r:?}");
+        assert!(out.contains(
+            "selftest: CPUID VMX bit as the root VM reads it -> 1 (hidden expected): UNEXPECTED"
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `hvctl`: control the axhv hypervisor from Linux user space.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
@@ -42,6 +43,13 @@ fn open() -> Result<Box<dyn Device>> {
         .map_err(|e| open_error(e.raw_os_error().unwrap_or(0)))
 }
 
+/// Writes `msg` and a line end to stderr in one write: `eprintln!` writes
+/// an unbuffered stderr piece by piece, and a line-oriented sink (such as
+/// `/dev/kmsg`, one record per write) would split the line.
+fn error_line(msg: &str) {
+    let _ = std::io::stderr().write_all(format!("{msg}\n").as_bytes());
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result =
@@ -49,11 +57,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(hvctl::Error::Usage(msg)) => {
-            eprintln!("hvctl: {msg}\n\n{}", cli::USAGE.trim_end());
+            error_line(&format!("hvctl: {msg}\n\n{}", cli::USAGE.trim_end()));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("hvctl: {e}");
+            error_line(&format!("hvctl: {e}"));
             ExitCode::FAILURE
         }
     }

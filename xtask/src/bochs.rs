@@ -102,27 +102,62 @@ fn grub_safe(s: &str) -> bool {
         .any(|c| c.is_whitespace() || "\"'\\$;{}#|&<>".contains(c))
 }
 
+/// A GRUB configuration that talks on COM1 and boots with `body` (the
+/// loader lines) at once.
+fn grub_cfg_with(body: &str) -> String {
+    format!(
+        "set timeout=0\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input serial; terminal_output serial\n\
+         {body}boot\n"
+    )
+}
+
 /// The GRUB configuration booting `/boot/hv-app` with `cmdline` and the
 /// modules, each as `module /boot/NAME /boot/NAME STRING`: GRUB gives
 /// hv-app `/boot/NAME STRING` as the module string, and hv-app pairs VM
 /// modules by its last word (`vmcfg`, `vmimage`).
 pub fn grub_cfg(cmdline: Option<&str>, modules: &[(String, String)]) -> String {
-    let mut s = String::from(
-        "set timeout=0\n\
-         serial --unit=0 --speed=115200\n\
-         terminal_input serial; terminal_output serial\n",
-    );
-    match cmdline {
-        Some(c) if !c.is_empty() => s.push_str(&format!("multiboot /boot/hv-app {c}\n")),
-        _ => s.push_str("multiboot /boot/hv-app\n"),
-    }
+    let mut s = match cmdline {
+        Some(c) if !c.is_empty() => format!("multiboot /boot/hv-app {c}\n"),
+        _ => "multiboot /boot/hv-app\n".to_string(),
+    };
     for (name, string) in modules {
         let line = format!("module /boot/{name} /boot/{name} {string}");
         s.push_str(line.trim_end());
         s.push('\n');
     }
-    s.push_str("boot\n");
+    grub_cfg_with(&s)
+}
+
+/// `word` escaped for GRUB's script parser: a backslash before each
+/// character it would otherwise take as syntax (`$` starts a variable, so
+/// `memmap=256M$0x20000000` is written `memmap=256M\$0x20000000`; Linux
+/// then sees `memmap=256M$0x20000000` in `/proc/cmdline`, checked on
+/// Bochs). GRUB's `linux` command joins its arguments with spaces, after
+/// `BOOT_IMAGE=<path>`.
+pub fn grub_escape(word: &str) -> String {
+    let mut s = String::with_capacity(word.len());
+    for c in word.chars() {
+        if "\"'\\$;{}#|&<>".contains(c) {
+            s.push('\\');
+        }
+        s.push(c);
+    }
     s
+}
+
+/// The GRUB configuration booting the Linux kernel `/boot/vmlinuz` with
+/// `cmdline` (each word escaped with [`grub_escape`]) and the initramfs
+/// `/boot/initrd.gz`.
+pub fn grub_cfg_linux(cmdline: &str) -> String {
+    let words: Vec<String> = cmdline.split_whitespace().map(grub_escape).collect();
+    let linux = if words.is_empty() {
+        "linux /boot/vmlinuz\n".to_string()
+    } else {
+        format!("linux /boot/vmlinuz {}\n", words.join(" "))
+    };
+    grub_cfg_with(&format!("{linux}initrd /boot/initrd.gz\n"))
 }
 
 /// Makes `<dir>/axhv.iso`: a GRUB rescue CD with `elf` as `/boot/hv-app`
@@ -134,18 +169,7 @@ pub fn build_iso(
     cmdline: Option<&str>,
     dir: &Path,
 ) -> Result<PathBuf, String> {
-    let isodir = dir.join("isodir");
-    if isodir.exists() {
-        std::fs::remove_dir_all(&isodir).map_err(|e| format!("{}: {e}", isodir.display()))?;
-    }
-    let boot = isodir.join("boot");
-    std::fs::create_dir_all(boot.join("grub")).map_err(|e| format!("{}: {e}", boot.display()))?;
-    let copy = |from: &Path, to: &Path| {
-        std::fs::copy(from, to)
-            .map(|_| ())
-            .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))
-    };
-    copy(elf, &boot.join("hv-app"))?;
+    let mut files: Vec<(&Path, String)> = vec![(elf, "hv-app".to_string())];
     let mut names: Vec<(String, String)> = Vec::new();
     for (path, string) in modules {
         let name = path
@@ -170,7 +194,7 @@ pub fn build_iso(
                 "two modules named `{name}`: give them distinct file names"
             ));
         }
-        copy(path, &boot.join(&name))?;
+        files.push((path, name.clone()));
         names.push((
             name,
             string.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -179,9 +203,41 @@ pub fn build_iso(
     if let Some(c) = cmdline.filter(|c| c.split_whitespace().any(|w| !grub_safe(w))) {
         return Err(format!("GRUB cannot pass the command line `{c}`"));
     }
-    let cfg = boot.join("grub").join("grub.cfg");
-    std::fs::write(&cfg, grub_cfg(cmdline, &names))
-        .map_err(|e| format!("{}: {e}", cfg.display()))?;
+    iso_from(&files, &grub_cfg(cmdline, &names), dir)
+}
+
+/// Makes `<dir>/axhv.iso`: a GRUB rescue CD booting the Linux kernel
+/// `kernel` (as `/boot/vmlinuz`) with `cmdline` and the initramfs `initrd`
+/// (as `/boot/initrd.gz`). Returns the ISO's path.
+pub fn build_linux_iso(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    let files = [
+        (kernel, "vmlinuz".to_string()),
+        (initrd, "initrd.gz".to_string()),
+    ];
+    iso_from(&files, &grub_cfg_linux(cmdline), dir)
+}
+
+/// Makes `<dir>/axhv.iso` from `<dir>/isodir`, made afresh: each file
+/// copied to `/boot/<name>` and `cfg` as `/boot/grub/grub.cfg`.
+fn iso_from(files: &[(&Path, String)], cfg: &str, dir: &Path) -> Result<PathBuf, String> {
+    let isodir = dir.join("isodir");
+    if isodir.exists() {
+        std::fs::remove_dir_all(&isodir).map_err(|e| format!("{}: {e}", isodir.display()))?;
+    }
+    let boot = isodir.join("boot");
+    std::fs::create_dir_all(boot.join("grub")).map_err(|e| format!("{}: {e}", boot.display()))?;
+    for (from, name) in files {
+        let to = boot.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+    }
+    let cfg_path = boot.join("grub").join("grub.cfg");
+    std::fs::write(&cfg_path, cfg).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let iso = dir.join("axhv.iso");
     let out = Command::new("grub-mkrescue")
         .arg("-o")
@@ -199,14 +255,26 @@ pub fn build_iso(
     Ok(iso)
 }
 
+/// The emulated machine of a Bochs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// Memory in MiB (`megs:`).
+    pub megs: u32,
+    /// Number of CPUs (`cpu: count=`; Debian's Bochs is built with SMP).
+    pub cpus: u32,
+}
+
+/// The machine of a Type-1 run: one CPU, 256 MiB.
+pub const TYPE1_MACHINE: Machine = Machine { megs: 256, cpus: 1 };
+
 /// The bochsrc of a headless run of `iso` on a Skylake-X model (VMX with
 /// EPT, unrestricted guest, VPID), COM1 into `serial`, the log into `log`.
-pub fn bochsrc(iso: &Path, serial: &Path, log: &Path, megs: u32) -> String {
+pub fn bochsrc(iso: &Path, serial: &Path, log: &Path, machine: Machine) -> String {
     format!(
-        "megs: {megs}\n\
+        "megs: {}\n\
          romimage: file={BIOS}\n\
          vgaromimage: file={VGA_BIOS}\n\
-         cpu: model=corei7_skylake_x, count=1, ips=50000000, reset_on_triple_fault=0\n\
+         cpu: model=corei7_skylake_x, count={}, ips=50000000, reset_on_triple_fault=0\n\
          ata0-master: type=cdrom, path={}, status=inserted\n\
          boot: cdrom\n\
          display_library: term\n\
@@ -218,6 +286,8 @@ pub fn bochsrc(iso: &Path, serial: &Path, log: &Path, megs: u32) -> String {
          debug: action=ignore\n\
          speaker: enabled=0\n\
          clock: sync=none, time0=local\n",
+        machine.megs,
+        machine.cpus,
         iso.display(),
         serial.display(),
         log.display()
@@ -234,8 +304,9 @@ pub fn exit_marker_status(lines: &[String]) -> Option<u32> {
 }
 
 /// The lines of the Bochs log that explain a failed run: VM-entry check
-/// failures, panics (except the `Shutdown` port's, the normal end), and
-/// triple faults. At most 20, prefixed with `[bochs] `.
+/// failures, panics (except the normal ends: the `Shutdown` port's and an
+/// ACPI soft power off), and triple faults. At most 20, prefixed with
+/// `[bochs] `.
 pub fn log_findings(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| {
@@ -245,6 +316,7 @@ pub fn log_findings(log: &str) -> Vec<String> {
                 || l.contains("triple fault")
                 || l.contains("exception(): 3rd"))
                 && !l.contains("Shutdown port: shutdown requested")
+                && !l.contains("ACPI control: soft power off")
         })
         .take(20)
         .map(|l| format!("[bochs] {}", l.trim()))
@@ -357,17 +429,105 @@ pub fn run_bochs_with(
         .join("xtask-bochs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let iso = build_iso(elf, initrd_modules, cmdline, &dir)?;
+    let run = run_iso(&RunSpec {
+        iso: &iso,
+        dir: &dir,
+        machine: TYPE1_MACHINE,
+        timeout,
+        stream,
+        end_marker: EXIT_MARKER,
+        grace: GRACE_AFTER_MARKER,
+        stall: None,
+    })?;
+    let mut lines = run.lines;
+    lines.extend(run.findings);
+    let status = match exit_marker_status(&lines) {
+        Some(n) => Some(((n as i32) << 1) | 1),
+        None if run.timed_out => None,
+        None => Some(0),
+    };
+    Ok(QemuOutcome {
+        lines,
+        status,
+        timed_out: run.timed_out,
+    })
+}
+
+/// What [`run_iso`] boots and when it stops.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpec<'a> {
+    /// The GRUB ISO to boot from the CD drive.
+    pub iso: &'a Path,
+    /// Where `bochsrc`, `serial.out`, `serial.timed` (each line with the
+    /// second it came) and `bochs.log` go.
+    pub dir: &'a Path,
+    /// The emulated machine.
+    pub machine: Machine,
+    /// Wall-clock bound of the run (Bochs is stopped then).
+    pub timeout: Duration,
+    /// Copy console lines to our stdout as they come.
+    pub stream: bool,
+    /// The console text after which the run is over: Bochs gets `grace`
+    /// to stop by itself (a power-off), then it is stopped.
+    pub end_marker: &'a str,
+    /// See `end_marker`.
+    pub grace: Duration,
+    /// Once a console line has this text, a console quiet for this long
+    /// ends the run (`stalled`): e.g. once Linux's `/init` runs, a hang
+    /// need not wait for `timeout`.
+    pub stall: Option<(&'a str, Duration)>,
+}
+
+/// What [`run_iso`] saw.
+#[derive(Debug, Default)]
+pub struct BochsRun {
+    /// Every COM1 line.
+    pub lines: Vec<String>,
+    /// When each line of `lines` was read, from the start of Bochs.
+    pub times: Vec<Duration>,
+    /// The run hit its timeout (Bochs was stopped).
+    pub timed_out: bool,
+    /// The console stayed quiet too long ([`RunSpec::stall`]; Bochs was
+    /// stopped).
+    pub stalled: bool,
+    /// The end marker was seen.
+    pub marker_seen: bool,
+    /// Bochs ended by itself (not stopped by us).
+    pub exited: bool,
+    /// The machine powered off: an ACPI soft power off (S5) or the
+    /// `Shutdown` port, as the Bochs log says.
+    pub powered_off: bool,
+    /// What the Bochs log says about a failure ([`log_findings`]).
+    pub findings: Vec<String>,
+    /// The whole run's wall-clock time.
+    pub elapsed: Duration,
+}
+
+impl BochsRun {
+    /// When the first line containing `text` was read.
+    pub fn time_of(&self, text: &str) -> Option<Duration> {
+        self.lines
+            .iter()
+            .position(|l| l.contains(text))
+            .and_then(|i| self.times.get(i).copied())
+    }
+}
+
+/// Boots `spec.iso` headless in Bochs and collects COM1 line by line until
+/// Bochs ends, `spec.end_marker` has been seen for `spec.grace`, or
+/// `spec.timeout` passes.
+pub fn run_iso(spec: &RunSpec) -> Result<BochsRun, String> {
     let (serial, log, rc) = (
-        dir.join("serial.out"),
-        dir.join("bochs.log"),
-        dir.join("bochsrc"),
+        spec.dir.join("serial.out"),
+        spec.dir.join("bochs.log"),
+        spec.dir.join("bochsrc"),
     );
     for f in [&serial, &log] {
         let _ = std::fs::remove_file(f);
     }
-    std::fs::write(&rc, bochsrc(&iso, &serial, &log, 256))
+    std::fs::write(&rc, bochsrc(spec.iso, &serial, &log, spec.machine))
         .map_err(|e| format!("{}: {e}", rc.display()))?;
-    if stream {
+    if spec.stream {
         println!(
             "==> bochs-bin -q -f {} (serial {}, log {})",
             rc.display(),
@@ -376,7 +536,7 @@ pub fn run_bochs_with(
         );
     }
 
-    let hard_bound = timeout.as_secs() + 15;
+    let hard_bound = spec.timeout.as_secs() + 15;
     let mut child = Command::new("timeout")
         .args(["-k", "5", &hard_bound.to_string(), "bochs-bin", "-q", "-f"])
         .arg(&rc)
@@ -398,12 +558,11 @@ pub fn run_bochs_with(
     let t_err = std::thread::spawn(move || drain_display(err, tx2));
 
     let start = Instant::now();
-    let mut lines: Vec<String> = Vec::new();
+    let mut run = BochsRun::default();
     let mut pending = Vec::new();
     let mut offset = 0u64;
     let mut marker_at: Option<Instant> = None;
-    let mut timed_out = false;
-    let mut read_serial = |lines: &mut Vec<String>, pending: &mut Vec<u8>| {
+    let mut read_serial = |run: &mut BochsRun, pending: &mut Vec<u8>| {
         if let Ok(mut f) = std::fs::File::open(&serial) {
             use std::io::Seek;
             if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
@@ -415,61 +574,83 @@ pub fn run_bochs_with(
             }
         }
         for line in take_lines(pending) {
-            if stream {
+            if spec.stream {
                 println!("{line}");
             }
-            lines.push(line);
+            run.lines.push(line);
+            run.times.push(start.elapsed());
         }
     };
     loop {
-        read_serial(&mut lines, &mut pending);
-        if marker_at.is_none() && exit_marker_status(&lines).is_some() {
+        read_serial(&mut run, &mut pending);
+        if marker_at.is_none() && run.lines.iter().any(|l| l.contains(spec.end_marker)) {
             marker_at = Some(Instant::now());
+            run.marker_seen = true;
         }
         if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            run.exited = true;
             break;
         }
-        if marker_at.is_some_and(|t| t.elapsed() > GRACE_AFTER_MARKER) {
+        if marker_at.is_some_and(|t| t.elapsed() > spec.grace) {
             stop(&mut child);
             break;
         }
-        if start.elapsed() > timeout {
-            timed_out = true;
+        if start.elapsed() > spec.timeout {
+            run.timed_out = true;
+            stop(&mut child);
+            break;
+        }
+        if let Some((text, quiet)) = spec.stall
+            && marker_at.is_none()
+            && run.lines.iter().any(|l| l.contains(text))
+            && run
+                .times
+                .last()
+                .is_some_and(|&t| start.elapsed() > t + quiet)
+        {
+            run.stalled = true;
             stop(&mut child);
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    read_serial(&mut lines, &mut pending);
+    read_serial(&mut run, &mut pending);
     if !pending.is_empty() {
         // The last line may lack its line end when Bochs stopped at once.
         let line = String::from_utf8_lossy(&pending)
             .trim_end_matches(['\n', '\r'])
             .to_string();
-        if stream {
+        if spec.stream {
             println!("{line}");
         }
-        lines.push(line);
+        run.lines.push(line);
+        run.times.push(start.elapsed());
+    }
+    if !run.marker_seen {
+        run.marker_seen = run.lines.iter().any(|l| l.contains(spec.end_marker));
     }
     let _ = t_out.join();
     let _ = t_err.join();
-    let findings = log_findings(&std::fs::read_to_string(&log).unwrap_or_default());
-    for f in findings {
-        if stream {
+    // Each line with the wall-clock second it was read at: where a slow
+    // run spent its time.
+    let timed: String = run
+        .times
+        .iter()
+        .zip(&run.lines)
+        .map(|(t, l)| format!("{:8.1} {l}\n", t.as_secs_f64()))
+        .collect();
+    let _ = std::fs::write(spec.dir.join("serial.timed"), timed);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    run.powered_off = log_text.contains("ACPI control: soft power off")
+        || log_text.contains("Shutdown port: shutdown requested");
+    run.findings = log_findings(&log_text);
+    if spec.stream {
+        for f in &run.findings {
             println!("{f}");
         }
-        lines.push(f);
     }
-    let status = match exit_marker_status(&lines) {
-        Some(n) => Some(((n as i32) << 1) | 1),
-        None if timed_out => None,
-        None => Some(0),
-    };
-    Ok(QemuOutcome {
-        lines,
-        status,
-        timed_out,
-    })
+    run.elapsed = start.elapsed();
+    Ok(run)
 }
 
 /// `cargo xtask bochs [--guest NAME]... [--log LEVEL] [--timeout SECS]`:
@@ -589,12 +770,57 @@ mod tests {
     }
 
     #[test]
+    fn grub_cfg_linux_escapes_the_dollar_of_memmap() {
+        let cfg = grub_cfg_linux(&crate::linux::kernel_cmdline());
+        let linux = cfg.lines().find(|l| l.starts_with("linux ")).unwrap();
+        assert!(
+            linux.starts_with("linux /boot/vmlinuz console=ttyS0"),
+            "{linux}"
+        );
+        // GRUB would expand `$0x20000000` as a variable: written `\$`.
+        assert!(linux.contains(" memmap=256M\\$0x20000000 "), "{linux}");
+        assert_eq!(linux.matches('$').count(), 1);
+        assert!(cfg.ends_with("initrd /boot/initrd.gz\nboot\n"), "{cfg}");
+        assert!(cfg.starts_with("set timeout=0\nserial --unit=0 --speed=115200\n"));
+        assert_eq!(grub_escape("a\"b;c\\d"), "a\\\"b\\;c\\\\d");
+        assert_eq!(grub_escape("rdinit=/init"), "rdinit=/init");
+    }
+
+    #[test]
+    fn bochsrc_takes_the_cpu_count_and_memory() {
+        let rc = bochsrc(
+            Path::new("/o/axhv.iso"),
+            Path::new("/o/serial.out"),
+            Path::new("/o/bochs.log"),
+            Machine {
+                megs: 1024,
+                cpus: 2,
+            },
+        );
+        assert!(rc.starts_with("megs: 1024\n"));
+        assert!(rc.contains(
+            "cpu: model=corei7_skylake_x, count=2, ips=50000000, reset_on_triple_fault=0\n"
+        ));
+    }
+
+    #[test]
+    fn run_times_are_found_by_line() {
+        let run = BochsRun {
+            lines: vec!["grub".into(), "axhv-rootvm: Linux up (6.1)".into()],
+            times: vec![Duration::from_secs(1), Duration::from_secs(190)],
+            ..Default::default()
+        };
+        assert_eq!(run.time_of(": Linux up"), Some(Duration::from_secs(190)));
+        assert_eq!(run.time_of("axhv-rootvm: done"), None);
+    }
+
+    #[test]
     fn bochsrc_has_the_vmx_model_and_paths() {
         let rc = bochsrc(
             Path::new("/o/axhv.iso"),
             Path::new("/o/serial.out"),
             Path::new("/o/bochs.log"),
-            256,
+            TYPE1_MACHINE,
         );
         assert!(rc.contains(
             "cpu: model=corei7_skylake_x, count=1, ips=50000000, reset_on_triple_fault=0\n"
@@ -631,6 +857,7 @@ mod tests {
     fn log_findings_skip_the_normal_shutdown() {
         let log = "00000000000i[CPU0  ] \t\tvmx\n\
                    00242864654p[UNMAP ] >>PANIC<< Shutdown port: shutdown requested\n\
+                   06956936672p[ACPI  ] >>PANIC<< ACPI control: soft power off\n\
                    00012345678e[CPU0  ] VMENTER FAIL: RFLAGS[1] cleared\n";
         assert_eq!(
             log_findings(log),

@@ -23,10 +23,14 @@ commands:
       --mode MODE       type15 (default): the Debian kernel boots a busybox
                         initramfs that loads the axhv module, `hvctl enable`
                         makes Linux the root VM, and each VM runs beside it on
-                        the CPU Linux gives up (SVM only; takes --guest,
+                        the CPU Linux gives up (takes --guest,
                         --config/--image, --input, --until, --smp, --mem,
                         --timeout); `--root-vm [--check]`: the 3-cycle test
-                        scenario; `--check`: the module's probe scenario.
+                        scenario; `--check`: the module's probe scenario;
+                        with --vendor intel it runs on Bochs/VMX (2 CPUs, the
+                        kernel booted from a GRUB ISO; minutes), and
+                        `--root-vm [--check] [--timeout SECS]` runs one cycle
+                        of the test scenario there (about 6 minutes).
                         type1: hv-app boots directly (multiboot), the VMs run
                         one after the other (the default with --vendor intel)
       --vendor V        amd (default: QEMU TCG with SVM+NPT) or intel (Bochs

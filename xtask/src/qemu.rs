@@ -63,7 +63,7 @@ impl QemuOutcome {
                         .map(String::as_str)
                         .collect();
                     return Err(format!(
-                        "missing console line `{m}`{} (QEMU status {:?}{}); last lines:\n    {}",
+                        "missing console line `{m}`{} (emulator status {:?}{}); last lines:\n    {}",
                         if from > 0 {
                             " after the earlier markers"
                         } else {

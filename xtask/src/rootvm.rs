@@ -12,14 +12,97 @@
 //! `disable` returns every CPU to native execution; three such cycles (each
 //! enable loads the image into the region again, which only works once
 //! the region is Linux's again), then power off.
+//!
+//! The same scenario runs on Intel VMX in Bochs ([`Platform::BochsVmx`],
+//! `cargo xtask run --mode type15 --vendor intel --root-vm [--check]`):
+//! Bochs cannot load a kernel itself, so a GRUB ISO boots the Debian kernel
+//! with the same command line and initramfs; Bochs is about 50 times
+//! slower than QEMU, so it runs one cycle.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::bochs::{self, Machine, RunSpec};
 use crate::linux::{self, HV_MEM};
-use crate::qemu::{self, QemuConfig};
+use crate::qemu::{self, QemuConfig, QemuOutcome};
 use crate::{prereq, tasks};
+
+/// Where the root-VM scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// QEMU/TCG with AMD SVM and nested paging, 2 CPUs: three cycles.
+    QemuSvm,
+    /// Bochs with Intel VMX and EPT (`corei7_skylake_x`), 2 CPUs, booted
+    /// from a GRUB ISO: one cycle.
+    BochsVmx,
+}
+
+impl Platform {
+    /// How many enable/disable cycles `/init` runs.
+    pub fn cycles(self) -> u32 {
+        match self {
+            Platform::QemuSvm => 3,
+            Platform::BochsVmx => 1,
+        }
+    }
+
+    /// How long `/init` sleeps as the root VM in each cycle (the timer
+    /// works): 1 s on QEMU; on Bochs an idle emulated second costs about
+    /// 90 s of wall-clock time, so 0.2 s there.
+    pub fn sleep(self) -> &'static str {
+        match self {
+            Platform::QemuSvm => "1",
+            Platform::BochsVmx => "0.2",
+        }
+    }
+
+    /// What `/init` runs first to route its own output: on Bochs through
+    /// the kernel log (see [`init_script`]), on QEMU nothing.
+    pub fn console_redirect(self) -> &'static str {
+        match self {
+            Platform::QemuSvm => "",
+            Platform::BochsVmx => BOCHS_KMSG,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Platform::QemuSvm => "QEMU/SVM",
+            Platform::BochsVmx => "Bochs/VMX",
+        }
+    }
+}
+
+/// The line `/init` prints last, before `poweroff -f`.
+pub const DONE: &str = "axhv-rootvm: done";
+
+/// `/init`'s first lines on Bochs: its output (and hvctl's) through the
+/// kernel log, whole lines in order with the kernel's and hv-app's.
+const BOCHS_KMSG: &str = "echo on > /proc/sys/kernel/printk_devkmsg\nexec > /dev/kmsg 2>&1\n";
+
+/// The Bochs machine of the scenario: 2 CPUs, and memory beyond the
+/// hypervisor's region (`memmap=256M$0x20000000`).
+pub const BOCHS_MACHINE: Machine = Machine {
+    megs: 1024,
+    cpus: 2,
+};
+
+/// Wall-clock bound of the Bochs run. Measured here: the kernel reaches
+/// `/init` after about 165 s (most of it the kernel's own XZ
+/// decompression; 190 s with the console at 9600 baud); a busy machine
+/// makes that 2-3 times slower.
+pub const BOCHS_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// How long Bochs may take to power off after [`DONE`] (`poweroff -f`
+/// ends it through ACPI S5) before it is stopped.
+const BOCHS_GRACE: Duration = Duration::from_secs(20);
+
+/// Once `/init` runs, how long the console may stay quiet before the run
+/// counts as hung and is stopped. Measured here: a second of emulated time
+/// with both CPUs idle (`sleep`) takes about 90 s; the script's quiet steps
+/// are shorter (the guest's run keeps a CPU busy).
+const BOCHS_STALL: Duration = Duration::from_secs(240);
 
 /// The flat memory image of an ELF64 file: its PT_LOAD segments placed
 /// from the lowest physical address, the bytes beyond each segment's file
@@ -107,22 +190,49 @@ pub fn build_hv_app_linux() -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// The `/init` of the root-VM scenario: three cycles of enable, a guest
-/// VM on CPU 1 (the `hello` test guest) while Linux runs on CPU 0, destroy
-/// (CPU 1 back online), disable; the first cycle also runs `hvctl
-/// selftest` (malformed hypercalls, a root-VM read of the hypervisor's
-/// memory), the second a guest that is stopped for touching memory outside
-/// its own and one that reads a line typed with `hvctl vm input`, the third
-/// a guest that never ends, destroyed while it runs.
-pub fn init_script() -> String {
+/// The `/init` of the root-VM scenario: [`Platform::cycles`] cycles of
+/// enable, a guest VM on CPU 1 (the `hello` test guest) while Linux runs on
+/// CPU 0, destroy (CPU 1 back online), disable; the first cycle also runs
+/// `hvctl selftest` (malformed hypercalls, a root-VM read of the
+/// hypervisor's memory, the virtualization feature hidden from the root
+/// VM), the second a guest that is stopped for touching memory outside its
+/// own and one that reads a line typed with `hvctl vm input`, the third a
+/// guest that never ends, destroyed while it runs.
+///
+/// On Bochs, `/init` writes its output (and hvctl's) to `/dev/kmsg`: the
+/// emulated UART takes real time per character, so output written
+/// through the tty (drained later by the UART's interrupt) lags behind the
+/// kernel's and the hypervisor's lines, written at once, and they cut into
+/// each other mid-line; through the kernel log every line comes whole and
+/// in order. It also reports the kernel command line, the cpuidle driver,
+/// the CPU flags that matter to a VMX root VM, and, after each enable,
+/// whether a line written through the tty gets its UART interrupts.
+pub fn init_script(platform: Platform) -> String {
+    let (console, diagnostics, after_enable) = match platform {
+        Platform::QemuSvm => ("", "", ""),
+        Platform::BochsVmx => (
+            BOCHS_KMSG,
+            r#"echo "axhv-rootvm: CPUs online at boot: $(cat /sys/devices/system/cpu/online)"
+echo "axhv-rootvm: kernel command line: $(cat /proc/cmdline)"
+echo "axhv-rootvm: cpuidle driver: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>&1), governor: $(cat /sys/devices/system/cpu/cpuidle/current_governor_ro 2>&1)"
+echo "axhv-rootvm: CPU flags: $(grep -o -w 'vmx\|mwait\|monitor\|invpcid\|xsaves\|pcid\|x2apic\|tsc_deadline_timer\|hypervisor' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "axhv-rootvm: interrupts before enable: $(grep -E 'ttyS|LOC:' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
+"#,
+            r#"    echo "axhv-rootvm: cycle $i: this line goes through the tty (UART interrupts)" > /dev/console
+    sleep 0.1
+    echo "axhv-rootvm: cycle $i: interrupts 0.1 s after enable: $(grep -E 'ttyS|LOC:' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
+"#,
+        ),
+    };
+    let cycles: Vec<String> = (1..=platform.cycles()).map(|i| i.to_string()).collect();
     format!(
-        r#"{prelude}echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
-insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} && echo "axhv-rootvm: module loaded"
-for i in 1 2 3; do
+        r#"{prelude}{console}echo "axhv-rootvm: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+{diagnostics}insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} && echo "axhv-rootvm: module loaded"
+for i in {cycles}; do
     hvctl enable --image /axhv/hv-app-linux.bin
     echo "axhv-rootvm: cycle $i: hvctl enable exit status $?"
     echo "axhv-rootvm: cycle $i: user space still running after enable (pid $$, uptime $(cut -d' ' -f1 /proc/uptime) s)"
-    hvctl status | grep enabled
+{after_enable}    hvctl status | grep enabled
     hvctl vm create /axhv/test-guest.toml --image /axhv/guest
     echo "axhv-rootvm: cycle $i: vm create exit status $?, CPUs online $(cat /sys/devices/system/cpu/online)"
     echo "axhv-rootvm: cycle $i: Linux runs beside the guest VM (uptime $(cut -d' ' -f1 /proc/uptime) s)"
@@ -159,22 +269,42 @@ for i in 1 2 3; do
         hvctl vm console 1
         echo "axhv-rootvm: cycle $i: running guest destroyed, CPUs online $(cat /sys/devices/system/cpu/online)"
     fi
-    sleep 1
-    echo "axhv-rootvm: cycle $i: slept 1 s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s"
+    sleep {sleep}
+    echo "axhv-rootvm: cycle $i: slept {sleep} s as the root VM, uptime $(cut -d' ' -f1 /proc/uptime) s"
     hvctl disable
     echo "axhv-rootvm: cycle $i: hvctl disable exit status $?"
+    echo "axhv-rootvm: cycle $i: user space still running after disable (uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online))"
 done
-echo "axhv-rootvm: done"
+echo "{DONE}"
 poweroff -f
 "#,
         prelude = linux::INIT_PRELUDE,
         mem = HV_MEM,
-        size = linux::HV_SIZE
+        size = linux::HV_SIZE,
+        cycles = cycles.join(" "),
+        sleep = platform.sleep(),
     )
 }
 
+/// The selftest's lines about the virtualization feature the root VM must
+/// not see: EFER.SVME and CPUID 8000_0001h ECX.SVM on AMD, CPUID 1
+/// ECX.VMX on Intel (EFER has no SVME there).
+fn selftest_hidden(platform: Platform) -> Vec<String> {
+    match platform {
+        Platform::QemuSvm => vec![
+            "selftest: EFER.SVME as the root VM reads it -> 0 (hidden expected): ok".to_string(),
+            "selftest: CPUID SVM bit as the root VM reads it -> 0 (hidden expected): ok"
+                .to_string(),
+        ],
+        Platform::BochsVmx => vec![
+            "selftest: CPUID VMX bit as the root VM reads it -> 0 (hidden expected): ok"
+                .to_string(),
+        ],
+    }
+}
+
 /// The user-space and module lines of one cycle, in order.
-fn cycle(i: u32) -> Vec<String> {
+fn cycle(i: u32, platform: Platform) -> Vec<String> {
     let mut v = vec![
         "axhv: hypervisor enabled on 2 CPUs: Linux runs as the root VM".to_string(),
         format!("axhv-rootvm: cycle {i}: hvctl enable exit status 0"),
@@ -231,41 +361,54 @@ fn cycle(i: u32) -> Vec<String> {
             "selftest: unknown hypercall 0x7777 -> -38 (ENOSYS expected): ok".to_string(),
             "selftest: vm_start of VM 0 -> -22 (EINVAL expected): ok".to_string(),
             "selftest: root VM read of the hypervisor's memory -> -14 (EFAULT expected): ok".to_string(),
-            "selftest: EFER.SVME as the root VM reads it -> 0 (hidden expected): ok".to_string(),
-            "selftest: CPUID SVM bit as the root VM reads it -> 0 (hidden expected): ok".to_string(),
-            "axhv-rootvm: cycle 1: selftest exit status 0".to_string(),
         ]);
+        v.extend(selftest_hidden(platform));
+        v.push("axhv-rootvm: cycle 1: selftest exit status 0".to_string());
     }
     v.extend([
-        format!("axhv-rootvm: cycle {i}: slept 1 s as the root VM"),
+        format!(
+            "axhv-rootvm: cycle {i}: slept {} s as the root VM",
+            platform.sleep()
+        ),
         "axhv: hypervisor disabled: Linux runs natively".to_string(),
         format!("axhv-rootvm: cycle {i}: hvctl disable exit status 0"),
+        format!("axhv-rootvm: cycle {i}: user space still running after disable"),
     ]);
     v
 }
 
 /// Console lines the scenario expects, in order (hv-app's own lines come
-/// from the hypervisor on COM1 and interleave with Linux's).
-pub fn expect() -> Vec<String> {
-    let mut v = vec![
+/// from the hypervisor on COM1 and interleave with Linux's). On Bochs,
+/// first the boot: both CPUs up, and the region's `memmap=` reaching
+/// Linux through GRUB with its `$`.
+pub fn expect(platform: Platform) -> Vec<String> {
+    let mut v = Vec::new();
+    if platform == Platform::BochsVmx {
+        v.extend([
+            "axhv-rootvm: CPUs online at boot: 0-1".to_string(),
+            // `/proc/cmdline` (after GRUB's `BOOT_IMAGE=/boot/vmlinuz`).
+            format!(" {}", linux::kernel_cmdline()),
+        ]);
+    }
+    v.extend([
         "axhv-rootvm: module loaded".to_string(),
         "Linux entry: present".to_string(),
-    ];
-    for i in 1..=3 {
-        v.extend(cycle(i));
+    ]);
+    for i in 1..=platform.cycles() {
+        v.extend(cycle(i, platform));
     }
-    v.push("axhv-rootvm: done".to_string());
+    v.push(DONE.to_string());
     v
 }
 
 /// hv-app's lines, per CPU in order (the CPUs' lines interleave): Linux
 /// runs as its root VM; CPU 1 is given up, runs the guest, is started by
-/// Linux again and rejoins; both leave; three times. The selftest's
+/// Linux again and rejoins; both leave; once per cycle. The selftest's
 /// hypervisor-memory read is reported once.
-pub fn expect_hv() -> Vec<Vec<String>> {
+pub fn expect_hv(platform: Platform) -> Vec<Vec<String>> {
     let mut cpu0 = Vec::new();
     let mut cpu1 = Vec::new();
-    for i in 1..=3 {
+    for i in 1..=platform.cycles() {
         cpu0.push("axhv: cpu0: Linux runs as the root VM".to_string());
         if i == 1 {
             cpu0.push("root VM tried to access hypervisor memory at GPA 0x20001000".to_string());
@@ -306,9 +449,14 @@ pub fn expect_hv() -> Vec<Vec<String>> {
 /// The `/init` of `cargo xtask run` in Type-1.5 mode: enable, a user-space
 /// line, then each VM in turn (`/axhv/vm<N>.cfg`, `/axhv/vm<N>.img`) on the
 /// CPU Linux gives up, its console, destroy; disable; power off.
-pub fn guests_init_script(vms: usize, wait_secs: u64, console: &qemu::ConsoleIo) -> String {
+pub fn guests_init_script(
+    vms: usize,
+    wait_secs: u64,
+    console: &qemu::ConsoleIo,
+    platform: Platform,
+) -> String {
     let mut s = format!(
-        r#"{prelude}echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
+        r#"{prelude}{kmsg}echo "axhv-run: Linux up ($(uname -r), CPUs online $(cat /sys/devices/system/cpu/online))"
 insmod /lib/modules/axhv.ko hv_mem={mem:#x} hv_size={size:#x} || {{ echo "axhv-run: insmod failed"; poweroff -f; }}
 if ! hvctl enable --image /axhv/hv-app-linux.bin; then
     echo "axhv-run: enable failed (see the lines above)"
@@ -317,6 +465,7 @@ fi
 echo "axhv-run: Linux still runs after the enable, as the root VM (uptime $(cut -d' ' -f1 /proc/uptime) s, CPUs online $(cat /sys/devices/system/cpu/online))"
 "#,
         prelude = linux::INIT_PRELUDE,
+        kmsg = platform.console_redirect(),
         mem = HV_MEM,
         size = linux::HV_SIZE
     );
@@ -382,11 +531,16 @@ pub fn run_guests(
     specs: &[crate::vms::VmSpec],
     qemu_cfg: &QemuConfig,
     console: &qemu::ConsoleIo,
+    platform: Platform,
 ) -> Result<u8, String> {
     prereq::check(&prereq::LINUX)?;
+    if platform == Platform::BochsVmx {
+        bochs::check_prereqs()?;
+    }
     println!(
-        "\n==> Type-1.5: Linux boots, loads hv-app and runs {} VM(s) beside it (QEMU/SVM)",
-        specs.len()
+        "\n==> Type-1.5: Linux boots, loads hv-app and runs {} VM(s) beside it ({})",
+        specs.len(),
+        platform.name()
     );
     let hv_linux = build_hv_app_linux()?;
     let root = linux::out_dir().join("initramfs");
@@ -412,35 +566,90 @@ pub fn run_guests(
     let wait = qemu_cfg.timeout.as_secs();
     std::fs::write(
         root.join("init"),
-        guests_init_script(specs.len(), wait, console),
+        guests_init_script(specs.len(), wait, console, platform),
     )
     .map_err(|e| format!("init: {e}"))?;
     let initrd = pack(&root, "initramfs-run.cpio.gz")?;
     let ver = linux::kernel_version()?;
     let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
-    let cfg = QemuConfig {
-        smp: qemu_cfg.smp.max(2),
-        mem: if qemu_cfg.mem == "512M" {
-            "1G".into()
-        } else {
-            qemu_cfg.mem.clone()
-        },
-        // Linux's boot under TCG, then each VM's wait.
-        timeout: Duration::from_secs(180 + wait * specs.len() as u64),
-        stream: qemu_cfg.stream,
+    let (out, ended) = match platform {
+        Platform::QemuSvm => {
+            let cfg = QemuConfig {
+                smp: qemu_cfg.smp.max(2),
+                mem: if qemu_cfg.mem == "512M" {
+                    "1G".into()
+                } else {
+                    qemu_cfg.mem.clone()
+                },
+                // Linux's boot under TCG, then each VM's wait.
+                timeout: Duration::from_secs(180 + wait * specs.len() as u64),
+                stream: qemu_cfg.stream,
+            };
+            let out = qemu::run_linux(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
+            if out.timed_out {
+                return Err(format!(
+                    "Linux did not power off within {}s (stopped)",
+                    cfg.timeout.as_secs()
+                ));
+            }
+            let ended = format!("QEMU ended (status {:?})", out.status);
+            (out, ended)
+        }
+        Platform::BochsVmx => {
+            let dir = linux::out_dir().join("xtask-bochs-run");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let iso = bochs::build_linux_iso(&kernel, &initrd, &linux::kernel_cmdline(), &dir)?;
+            let run = bochs::run_iso(&RunSpec {
+                iso: &iso,
+                dir: &dir,
+                machine: BOCHS_MACHINE,
+                timeout: BOCHS_TIMEOUT + Duration::from_secs(wait * specs.len() as u64),
+                stream: qemu_cfg.stream,
+                end_marker: RUN_DONE,
+                grace: BOCHS_GRACE,
+                stall: Some((qemu::LINUX_UP, BOCHS_STALL)),
+            })?;
+            for f in &run.findings {
+                println!("{f}");
+            }
+            if !run.marker_seen {
+                return Err(format!(
+                    "Linux on Bochs did not reach `{RUN_DONE}` ({}; serial {})",
+                    if run.stalled {
+                        "its console was quiet too long"
+                    } else {
+                        "stopped at the timeout"
+                    },
+                    dir.join("serial.out").display()
+                ));
+            }
+            let ended = format!(
+                "Bochs {} after {:.0}s",
+                if run.powered_off {
+                    "powered off"
+                } else {
+                    "was stopped"
+                },
+                run.elapsed.as_secs_f64()
+            );
+            // `/init`'s lines come through the kernel log there.
+            let lines = run
+                .lines
+                .iter()
+                .map(|l| strip_kmsg_time(l).to_string())
+                .collect();
+            let out = QemuOutcome {
+                lines,
+                status: Some(if run.powered_off { 0 } else { 1 }),
+                timed_out: false,
+            };
+            (out, ended)
+        }
     };
-    let out = qemu::run_linux(&linux::qemu_args(&kernel, &initrd, &cfg), &cfg)?;
-    if out.timed_out {
-        return Err(format!(
-            "Linux did not power off within {}s (stopped)",
-            cfg.timeout.as_secs()
-        ));
-    }
     if let Some(u) = &console.until {
         let seen = out.lines.iter().any(|l| l.contains(u.as_str()));
         println!(
-            "==> QEMU ended (status {:?}); `{u}` {}",
-            out.status,
+            "==> {ended}; `{u}` {}",
             if seen { "seen" } else { "NOT seen" }
         );
         return Ok(if seen && out.status == Some(0) { 0 } else { 1 });
@@ -462,23 +671,41 @@ pub fn run_guests(
         })
         .collect();
     println!(
-        "==> QEMU ended (status {:?}); VM exit statuses {exits:?} of {} VM(s)",
-        out.status,
+        "==> {ended}; VM exit statuses {exits:?} of {} VM(s)",
         specs.len()
     );
     let ok = out.status == Some(0) && exits.len() == specs.len() && exits.iter().all(|&e| e == 0);
     Ok(if ok { 0 } else { 1 })
 }
 
-fn initramfs(hv_linux: &Path) -> Result<PathBuf, String> {
+/// The last line of `/init` in `cargo xtask run`'s Type-1.5 boot.
+const RUN_DONE: &str = "axhv-run: done";
+
+/// `line` without the kernel log's `[ seconds] ` prefix, if it has one.
+fn strip_kmsg_time(line: &str) -> &str {
+    match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+        Some((t, rest)) if t.trim().parse::<f64>().is_ok() => rest,
+        _ => line,
+    }
+}
+
+/// The scenario's initramfs for `platform`: the `hello` guest, on QEMU
+/// also the `isolation`, `spin` and `echo` guests of cycles 2 and 3.
+fn initramfs(hv_linux: &Path, platform: Platform) -> Result<PathBuf, String> {
     let guests = tasks::build_guests()?;
     let root = initramfs_at(hv_linux, &guests.join("hello"))?;
-    for g in ["isolation", "spin", "echo"] {
-        std::fs::copy(guests.join(g), root.join("axhv").join(g))
-            .map_err(|e| format!("initramfs: guest {g}: {e}"))?;
+    if platform.cycles() >= 2 {
+        for g in ["isolation", "spin", "echo"] {
+            std::fs::copy(guests.join(g), root.join("axhv").join(g))
+                .map_err(|e| format!("initramfs: guest {g}: {e}"))?;
+        }
     }
-    std::fs::write(root.join("init"), init_script()).map_err(|e| format!("init: {e}"))?;
-    pack(&root, "initramfs-rootvm.cpio.gz")
+    std::fs::write(root.join("init"), init_script(platform)).map_err(|e| format!("init: {e}"))?;
+    let name = match platform {
+        Platform::QemuSvm => "initramfs-rootvm.cpio.gz",
+        Platform::BochsVmx => "initramfs-rootvm-bochs.cpio.gz",
+    };
+    pack(&root, name)
 }
 
 /// The initramfs tree (busybox, module, hvctl, the Linux-linked hv-app as
@@ -510,13 +737,29 @@ fn pack(root: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Builds and boots the scenario; with `check`, asserts its lines.
+/// Checks the scenario's lines on `platform`: the user-space and module
+/// lines in order, then hv-app's per CPU. The error names the first
+/// missing line.
+fn check_lines(out: &QemuOutcome, platform: Platform) -> Result<(), String> {
+    let ctx = |e: String| format!("root-VM scenario on {}: {e}", platform.name());
+    let lines = expect(platform);
+    out.expect_in_order(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        .map_err(ctx)?;
+    for per_cpu in expect_hv(platform) {
+        out.expect_in_order(&per_cpu.iter().map(String::as_str).collect::<Vec<_>>())
+            .map_err(ctx)?;
+    }
+    Ok(())
+}
+
+/// Builds and boots the scenario on QEMU/SVM; with `check`, asserts its
+/// lines.
 pub fn run(check: bool) -> Result<u8, String> {
     prereq::check(&prereq::LINUX)?;
     println!("\n==> Type-1.5 root VM (Linux resumed as hv-app's root VM, QEMU/SVM, 2 CPUs)");
     let t = Instant::now();
     let hv_linux = build_hv_app_linux()?;
-    let initrd = initramfs(&hv_linux)?;
+    let initrd = initramfs(&hv_linux, Platform::QemuSvm)?;
     let ver = linux::kernel_version()?;
     let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
     let cfg = QemuConfig {
@@ -530,14 +773,7 @@ pub fn run(check: bool) -> Result<u8, String> {
         println!("==> QEMU ended (status {:?})", out.status);
         return Ok(if out.status == Some(0) { 0 } else { 1 });
     }
-    let ctx = |e: String| format!("root-VM scenario: {e}");
-    let lines = expect();
-    out.expect_in_order(&lines.iter().map(String::as_str).collect::<Vec<_>>())
-        .map_err(ctx)?;
-    for per_cpu in expect_hv() {
-        out.expect_in_order(&per_cpu.iter().map(String::as_str).collect::<Vec<_>>())
-            .map_err(ctx)?;
-    }
+    check_lines(&out, Platform::QemuSvm)?;
     if out.status != Some(0) {
         return Err(format!(
             "root-VM scenario: QEMU status {:?} (expected 0 after `poweroff -f`)",
@@ -547,6 +783,105 @@ pub fn run(check: bool) -> Result<u8, String> {
     println!(
         "    ok: Linux ran as the root VM on 2 CPUs beside a guest VM on CPU 1, which came back \
          to Linux; selftest; back to native; 3 cycles ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `cargo xtask run --mode type15 --vendor intel --root-vm [--check]
+/// [--timeout SECS]`: the scenario on Bochs/VMX, one cycle. The Debian
+/// kernel boots from a GRUB ISO with [`linux::kernel_cmdline`] and the
+/// scenario's initramfs on a 2-CPU, 1 GiB `corei7_skylake_x`; the run ends
+/// when Bochs powers off after [`DONE`] (or is stopped [`BOCHS_GRACE`]
+/// after it), or at `timeout`. Prints how long Linux took to reach `/init`
+/// and the whole run; with `check`, asserts the lines like [`run`].
+pub fn run_bochs(check: bool, timeout: Duration) -> Result<u8, String> {
+    prereq::check(&prereq::LINUX)?;
+    bochs::check_prereqs()?;
+    println!(
+        "\n==> Type-1.5 root VM on Bochs/VMX (corei7_skylake_x, {} CPUs, {} MiB; one cycle, \
+         bound {}s)",
+        BOCHS_MACHINE.cpus,
+        BOCHS_MACHINE.megs,
+        timeout.as_secs()
+    );
+    let t = Instant::now();
+    let hv_linux = build_hv_app_linux()?;
+    let initrd = initramfs(&hv_linux, Platform::BochsVmx)?;
+    let ver = linux::kernel_version()?;
+    let kernel = PathBuf::from(format!("/boot/vmlinuz-{ver}"));
+    let dir = linux::out_dir().join("xtask-bochs-rootvm");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let iso = bochs::build_linux_iso(&kernel, &initrd, &linux::kernel_cmdline(), &dir)?;
+    let built = t.elapsed();
+    let run = bochs::run_iso(&RunSpec {
+        iso: &iso,
+        dir: &dir,
+        machine: BOCHS_MACHINE,
+        timeout,
+        stream: !check,
+        end_marker: DONE,
+        grace: BOCHS_GRACE,
+        stall: Some((qemu::LINUX_UP, BOCHS_STALL)),
+    })?;
+    let secs = |d: Option<Duration>| {
+        d.map_or("never".to_string(), |d| {
+            format!("after {:.0}s", d.as_secs_f64())
+        })
+    };
+    println!(
+        "==> Bochs: Linux reached /init {}, the module loaded {}, `{DONE}` {}; Bochs {} after \
+         {:.0}s (build {:.0}s; serial {}, log {})",
+        secs(run.time_of(qemu::LINUX_UP)),
+        secs(run.time_of("axhv-rootvm: module loaded")),
+        secs(run.time_of(DONE)),
+        if run.powered_off {
+            "powered off"
+        } else if run.exited {
+            "ended"
+        } else if run.timed_out {
+            "was stopped at the timeout"
+        } else if run.stalled {
+            "was stopped: its console was quiet too long"
+        } else {
+            "was stopped"
+        },
+        run.elapsed.as_secs_f64(),
+        built.as_secs_f64(),
+        dir.join("serial.out").display(),
+        dir.join("bochs.log").display(),
+    );
+    for f in &run.findings {
+        println!("{f}");
+    }
+    let ok_end = run.marker_seen && !run.timed_out;
+    let mut lines = run.lines;
+    lines.extend(run.findings);
+    let stopped = run.timed_out || run.stalled;
+    let out = QemuOutcome {
+        lines,
+        status: if stopped { None } else { Some(0) },
+        timed_out: stopped,
+    };
+    if !check {
+        return Ok(if ok_end { 0 } else { 1 });
+    }
+    check_lines(&out, Platform::BochsVmx)?;
+    if !ok_end {
+        return Err(format!(
+            "root-VM scenario on Bochs/VMX: no `{DONE}` within {}s",
+            timeout.as_secs()
+        ));
+    }
+    if !run.powered_off {
+        return Err(
+            "root-VM scenario on Bochs/VMX: the machine did not power off after `poweroff -f`"
+                .into(),
+        );
+    }
+    println!(
+        "    ok: Linux ran as the root VM on 2 CPUs of Bochs/VMX beside a guest VM on CPU 1, which \
+         came back to Linux; selftest; back to native ({:.1}s)",
         t.elapsed().as_secs_f64()
     );
     Ok(0)
@@ -585,6 +920,33 @@ mod tests {
     }
 
     #[test]
+    fn kmsg_time_prefix_is_stripped() {
+        assert_eq!(
+            strip_kmsg_time("[    7.865379] [vm1] hello: ok"),
+            "[vm1] hello: ok"
+        );
+        assert_eq!(strip_kmsg_time("[vm1] hello: ok"), "[vm1] hello: ok");
+        assert_eq!(
+            strip_kmsg_time("VM 1 (hello) exited with status 0"),
+            "VM 1 (hello) exited with status 0"
+        );
+    }
+
+    #[test]
+    fn bochs_run_init_goes_through_the_kernel_log() {
+        let none = qemu::ConsoleIo::default();
+        let init = guests_init_script(1, 30, &none, Platform::BochsVmx);
+        assert!(
+            init.contains("exec > /dev/kmsg 2>&1\necho \"axhv-run: Linux up"),
+            "{init}"
+        );
+        assert!(init.trim_end().ends_with("poweroff -f"));
+        assert!(init.contains(RUN_DONE));
+        let qemu = guests_init_script(1, 30, &none, Platform::QemuSvm);
+        assert!(!qemu.contains("/dev/kmsg"));
+    }
+
+    #[test]
     fn flat_image_places_segments_and_zero_bss() {
         let (base, img) = flat_image(&elf()).unwrap();
         assert_eq!(base, 0x2000_0000);
@@ -606,7 +968,7 @@ mod tests {
     #[test]
     fn run_init_creates_each_vm_in_turn() {
         let none = qemu::ConsoleIo::default();
-        let init = guests_init_script(2, 30, &none);
+        let init = guests_init_script(2, 30, &none, Platform::QemuSvm);
         assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
         let a = init
             .find("hvctl vm create /axhv/vm1.cfg --image /axhv/vm1.img")
@@ -621,7 +983,7 @@ mod tests {
             until: Some("usertests passed!".into()),
             ..Default::default()
         };
-        let init = guests_init_script(1, 900, &io);
+        let init = guests_init_script(1, 900, &io, Platform::QemuSvm);
         let a = init
             .find("--follow --idle 2 --timeout 900\n    hvctl vm input 1 'usertests\\r'")
             .unwrap();
@@ -634,10 +996,57 @@ mod tests {
     }
 
     #[test]
+    fn bochs_expects_one_cycle_and_the_vmx_selftest() {
+        let bochs = expect(Platform::BochsVmx);
+        let qemu = expect(Platform::QemuSvm);
+        let has = |v: &[String], s: &str| v.iter().any(|l| l == s);
+        assert!(has(
+            &bochs,
+            "selftest: CPUID VMX bit as the root VM reads it -> 0 (hidden expected): ok"
+        ));
+        assert!(!bochs.iter().any(|l| l.contains("SVM")));
+        assert!(has(
+            &qemu,
+            "selftest: EFER.SVME as the root VM reads it -> 0 (hidden expected): ok"
+        ));
+        assert!(!qemu.iter().any(|l| l.contains("VMX")));
+        assert!(has(
+            &bochs,
+            "axhv-rootvm: cycle 1: hvctl disable exit status 0"
+        ));
+        assert!(!bochs.iter().any(|l| l.contains("cycle 2")));
+        assert!(has(
+            &qemu,
+            "axhv-rootvm: cycle 3: hvctl disable exit status 0"
+        ));
+        // The region's memmap= reaches Linux through GRUB, `$` and all.
+        assert_eq!(bochs[0], "axhv-rootvm: CPUs online at boot: 0-1");
+        assert!(bochs[1].contains("memmap=256M$0x20000000"), "{}", bochs[1]);
+        assert_eq!(bochs.last().map(String::as_str), Some(DONE));
+        // hv-app's lines: one cycle on each CPU.
+        let hv = expect_hv(Platform::BochsVmx);
+        assert_eq!(hv.len(), 2);
+        let runs = |cpu: &[String]| {
+            cpu.iter()
+                .filter(|l| l.ends_with("Linux runs as the root VM"))
+                .count()
+        };
+        assert_eq!(runs(&hv[0]), 1);
+        assert_eq!(runs(&expect_hv(Platform::QemuSvm)[0]), 3);
+    }
+
+    #[test]
     fn init_enables_with_the_linux_image() {
-        let init = init_script();
-        assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
-        assert!(init.contains("hv_mem=0x20000000 hv_size=0x10000000"));
-        assert!(init.ends_with("poweroff -f\n"));
+        for p in [Platform::QemuSvm, Platform::BochsVmx] {
+            let init = init_script(p);
+            assert!(init.contains("hvctl enable --image /axhv/hv-app-linux.bin"));
+            assert!(init.contains("hv_mem=0x20000000 hv_size=0x10000000"));
+            assert!(init.ends_with("echo \"axhv-rootvm: done\"\npoweroff -f\n"));
+        }
+        assert!(init_script(Platform::QemuSvm).contains("\nfor i in 1 2 3; do\n"));
+        let bochs = init_script(Platform::BochsVmx);
+        assert!(bochs.contains("\nfor i in 1; do\n"), "{bochs}");
+        assert!(bochs.contains("cpuidle/current_driver"));
+        assert!(!init_script(Platform::QemuSvm).contains("cpuidle"));
     }
 }

@@ -374,27 +374,28 @@ pub fn run(args: &[String]) -> Result<u8, String> {
         .any(|w| w[0] == "--vendor" && w[1] == "intel");
     let mode = match mode {
         Some(m) => m,
-        None if intel => {
+        None if intel && !legacy => {
             eprintln!(
-                "xtask: note: Type-1.5 runs on AMD SVM only so far; --vendor intel boots \
-                 hv-app directly (Type-1, as --mode type1)"
+                "xtask: note: --vendor intel boots hv-app directly (Type-1, as --mode type1): \
+                 quick on Bochs; add --mode type15 for Linux and the VMX root VM (minutes)"
             );
             Mode::Type1
         }
         None => Mode::Type15,
     };
     if mode == Mode::Type15 {
+        if legacy && intel {
+            return bochs_root_vm(&args);
+        }
         if legacy {
             return crate::linux::run(&args);
         }
         let opts = parse_run(&args)?;
-        if opts.vendor == Vendor::Intel {
-            return Err(
-                "--mode type15 --vendor intel: the VMX root VM is not implemented yet; \
-                 use --mode type1 for Bochs/VMX"
-                    .into(),
-            );
-        }
+        let platform = if opts.vendor == Vendor::Intel {
+            crate::rootvm::Platform::BochsVmx
+        } else {
+            crate::rootvm::Platform::QemuSvm
+        };
         if opts.log.is_some() {
             eprintln!("xtask: note: --log applies to Type-1 boots only");
         }
@@ -412,7 +413,7 @@ pub fn run(args: &[String]) -> Result<u8, String> {
                  typing is not forwarded (use --input TEXT, or --mode type1)"
             );
         }
-        return crate::rootvm::run_guests(&specs, &opts.qemu, &opts.console);
+        return crate::rootvm::run_guests(&specs, &opts.qemu, &opts.console, platform);
     }
     let opts = parse_run(&args)?;
     let out = boot(&opts)?;
@@ -439,6 +440,38 @@ pub fn run(args: &[String]) -> Result<u8, String> {
             out.status
         )),
     }
+}
+
+/// `cargo xtask run --mode type15 --vendor intel --root-vm [--check]
+/// [--timeout SECS]`: the root-VM scenario on Bochs/VMX
+/// ([`crate::rootvm::run_bochs`]).
+fn bochs_root_vm(args: &[String]) -> Result<u8, String> {
+    let mut check = false;
+    let mut timeout = crate::rootvm::BOCHS_TIMEOUT;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--root-vm" => {}
+            "--check" => check = true,
+            "--vendor" => {
+                it.next();
+            }
+            "--timeout" => {
+                let v = it.next().ok_or("option --timeout needs a value")?;
+                timeout = Duration::from_secs(
+                    v.parse()
+                        .map_err(|_| format!("--timeout: `{v}` is not a number of seconds"))?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "run --mode type15 --vendor intel --root-vm: unknown option `{other}` \
+                     (takes --check, --timeout SECS)"
+                ));
+            }
+        }
+    }
+    crate::rootvm::run_bochs(check, timeout)
 }
 
 /// `cargo xtask test`.
@@ -511,6 +544,7 @@ pub fn test(args: &[String]) -> Result<u8, String> {
         guest_scenarios()?;
         crate::linux::test_scenario()?;
         crate::rootvm::run(true)?;
+        crate::rootvm::run_bochs(true, crate::rootvm::BOCHS_TIMEOUT)?;
         crate::bench::smoke()?;
     }
 
@@ -877,6 +911,34 @@ mod tests {
                 .contains("needs a value")
         );
         assert!(parse_run(&s(&["--bogus"])).unwrap_err().contains("--bogus"));
+    }
+
+    #[test]
+    fn intel_root_vm_goes_to_bochs() {
+        // Options are checked before anything is built.
+        let e = run(&s(&[
+            "--mode",
+            "type15",
+            "--vendor",
+            "intel",
+            "--root-vm",
+            "--smp",
+            "2",
+        ]))
+        .unwrap_err();
+        assert!(
+            e.starts_with("run --mode type15 --vendor intel --root-vm: unknown option `--smp`"),
+            "{e}"
+        );
+        // --root-vm implies Type-1.5 with --vendor intel too.
+        let e = run(&s(&["--vendor", "intel", "--root-vm", "--timeout", "x"])).unwrap_err();
+        assert!(e.contains("--timeout: `x`"), "{e}");
+        // The guest path on Intel in Type-1.5 checks its options first too.
+        let e = run(&s(&[
+            "--mode", "type15", "--vendor", "intel", "--guest", "nosuch",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("nosuch"), "{e}");
     }
 
     #[test]
