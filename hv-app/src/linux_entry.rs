@@ -612,19 +612,28 @@ fn svm_root(
     }
 }
 
-fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
-    let (cr0, cr2, cr4, dr6, dr7, rflags): (u64, u64, u64, u64, u64, u64);
+/// The segment selectors and descriptor-table registers of the live CPU.
+struct LiveSegments {
+    cs: u16,
+    ss: u16,
+    ds: u16,
+    es: u16,
+    fs: u16,
+    gs: u16,
+    tr: u16,
+    ldtr: u16,
+    /// GDTR base and limit.
+    gdtr: (u64, u16),
+    /// IDTR base and limit.
+    idtr: (u64, u16),
+}
+
+fn live_segments() -> LiveSegments {
     let (cs, ss, ds, es, fs, gs, tr, ldtr): (u16, u16, u16, u16, u16, u16, u16, u16);
     let mut gdtr = [0u8; 10];
     let mut idtr = [0u8; 10];
     // SAFETY: reads of the live CPU state (no side effects).
     unsafe {
-        asm!("mov {}, cr0", out(reg) cr0, options(nostack));
-        asm!("mov {}, cr2", out(reg) cr2, options(nostack));
-        asm!("mov {}, cr4", out(reg) cr4, options(nostack));
-        asm!("mov {}, dr6", out(reg) dr6, options(nostack));
-        asm!("mov {}, dr7", out(reg) dr7, options(nostack));
-        asm!("pushfq", "pop {}", out(reg) rflags);
         asm!("mov {0:x}, cs", out(reg) cs, options(nostack));
         asm!("mov {0:x}, ss", out(reg) ss, options(nostack));
         asm!("mov {0:x}, ds", out(reg) ds, options(nostack));
@@ -636,10 +645,49 @@ fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
         asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
         asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
     }
-    let gdt_limit = u16::from_le_bytes([gdtr[0], gdtr[1]]);
-    let gdt_base = u64::from_le_bytes(gdtr[2..10].try_into().unwrap_or([0; 8]));
-    let idt_limit = u16::from_le_bytes([idtr[0], idtr[1]]);
-    let idt_base = u64::from_le_bytes(idtr[2..10].try_into().unwrap_or([0; 8]));
+    let table = |b: [u8; 10]| {
+        (
+            u64::from_le_bytes(b[2..10].try_into().unwrap_or([0; 8])),
+            u16::from_le_bytes([b[0], b[1]]),
+        )
+    };
+    LiveSegments {
+        cs,
+        ss,
+        ds,
+        es,
+        fs,
+        gs,
+        tr,
+        ldtr,
+        gdtr: table(gdtr),
+        idtr: table(idtr),
+    }
+}
+
+fn fill_vmcb(v: &mut Vmcb, rsp: u64, cr3: u64, rip: u64, efer: u64) {
+    let (cr0, cr2, cr4, dr6, dr7, rflags): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: reads of the live CPU state (no side effects).
+    unsafe {
+        asm!("mov {}, cr0", out(reg) cr0, options(nostack));
+        asm!("mov {}, cr2", out(reg) cr2, options(nostack));
+        asm!("mov {}, cr4", out(reg) cr4, options(nostack));
+        asm!("mov {}, dr6", out(reg) dr6, options(nostack));
+        asm!("mov {}, dr7", out(reg) dr7, options(nostack));
+        asm!("pushfq", "pop {}", out(reg) rflags);
+    }
+    let LiveSegments {
+        cs,
+        ss,
+        ds,
+        es,
+        fs,
+        gs,
+        tr,
+        ldtr,
+        gdtr: (gdt_base, gdt_limit),
+        idtr: (idt_base, idt_limit),
+    } = live_segments();
 
     let s = &mut v.save;
     s.cs = segment(gdt_base, gdt_limit, cs, false);

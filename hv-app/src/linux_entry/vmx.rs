@@ -33,8 +33,8 @@ use x86_vcpu::vmx::{ExitReasonField, VmcsAccess, VmcsField as F, VmxCaps, VmxExi
 
 use super::{
     CpuState, EBUSY, EIO, EOPNOTSUPP, EPERM, HC_LEAVE, HOST_PML4, MAX_CPUS, NPT_PD, NPT_PDPT,
-    NPT_PML4, Table, axhv_linux_leave, cpuid, halt, linux_vms, rdmsr, resume_native, segment,
-    wrmsr,
+    NPT_PML4, Table, axhv_linux_leave, cpuid, halt, linux_vms, live_segments, rdmsr, resume_native,
+    segment, wrmsr,
 };
 use axaddrspace::HostPhysAddr;
 
@@ -212,38 +212,20 @@ struct NativeState {
 }
 
 fn live_state() -> NativeState {
-    let (ds, es, ss, fs, gs, tr, ldtr, dr7): (u16, u16, u16, u16, u16, u16, u16, u64);
-    let mut gdtr = [0u8; 10];
-    let mut idtr = [0u8; 10];
-    // SAFETY: reads of the live CPU state (no side effects).
-    unsafe {
-        asm!("mov {0:x}, ds", out(reg) ds, options(nostack));
-        asm!("mov {0:x}, es", out(reg) es, options(nostack));
-        asm!("mov {0:x}, ss", out(reg) ss, options(nostack));
-        asm!("mov {0:x}, fs", out(reg) fs, options(nostack));
-        asm!("mov {0:x}, gs", out(reg) gs, options(nostack));
-        asm!("str {0:x}", out(reg) tr, options(nostack));
-        asm!("sldt {0:x}", out(reg) ldtr, options(nostack));
-        asm!("mov {}, dr7", out(reg) dr7, options(nostack));
-        asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
-        asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
-    }
-    let table = |b: [u8; 10]| {
-        (
-            u64::from_le_bytes(b[2..10].try_into().unwrap_or([0; 8])),
-            u16::from_le_bytes([b[0], b[1]]),
-        )
-    };
+    let dr7: u64;
+    // SAFETY: reads DR7 (no side effects).
+    unsafe { asm!("mov {}, dr7", out(reg) dr7, options(nostack)) };
+    let l = live_segments();
     NativeState {
-        gdtr: table(gdtr),
-        idtr: table(idtr),
-        tr,
-        ldtr,
-        ds,
-        es,
-        ss,
-        fs,
-        gs,
+        gdtr: l.gdtr,
+        idtr: l.idtr,
+        tr: l.tr,
+        ldtr: l.ldtr,
+        ds: l.ds,
+        es: l.es,
+        ss: l.ss,
+        fs: l.fs,
+        gs: l.gs,
         fs_base: rdmsr(0xc000_0100),
         gs_base: rdmsr(0xc000_0101),
         sysenter: [rdmsr(0x174), rdmsr(0x175), rdmsr(0x176)],
