@@ -18,12 +18,13 @@
 //! limits, TR (its limit; the busy bit is cleared first), LDTR, the data
 //! segment selectors, FS/GS bases, SYSENTER MSRs and DR7.
 
-use core::arch::{asm, global_asm};
+use core::arch::asm;
 
 use hv_app::root_vmx::{
     RootControls, access_rights, ept_pointer, fill_root_ept, is_play_dead, offered_proc,
     root_controls, root_cpuid, root_cr4_write,
 };
+use x86_vcpu::GeneralRegisters;
 use x86_vcpu::msr::HwMsr;
 use x86_vcpu::vmx::controls::{
     FeatureControlAction, check_cr, cr4 as cr4_bits, feature_control_action,
@@ -103,94 +104,6 @@ pub(super) fn build_ept(region: u64, size: u64) {
             size,
         );
     }
-}
-
-global_asm!(
-    r#"
-    .text
-    .balign 16
-    /* axhv_vmx_run(gprs, launched) -> 0 after a VM exit, 1 VMfailInvalid,
-       2 VMfailValid. */
-axhv_vmx_run:
-    push rbp
-    push rbx
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi
-    mov rax, {host_rsp}
-    vmwrite rax, rsp
-    jbe 3f
-    test rsi, rsi
-    mov rax, rdi
-    mov rcx, [rax + 8]
-    mov rdx, [rax + 16]
-    mov rbx, [rax + 24]
-    mov rbp, [rax + 40]
-    mov rsi, [rax + 48]
-    mov rdi, [rax + 56]
-    mov r8, [rax + 64]
-    mov r9, [rax + 72]
-    mov r10, [rax + 80]
-    mov r11, [rax + 88]
-    mov r12, [rax + 96]
-    mov r13, [rax + 104]
-    mov r14, [rax + 112]
-    mov r15, [rax + 120]
-    mov rax, [rax]
-    jnz 2f
-    vmlaunch
-    jmp 3f
-2:  vmresume
-3:  mov eax, 1
-    jc 4f
-    mov eax, 2
-4:  add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    ret
-
-    .balign 16
-axhv_vmx_exit:
-    push rax
-    mov rax, [rsp + 8]
-    mov [rax + 8], rcx
-    mov [rax + 16], rdx
-    mov [rax + 24], rbx
-    mov [rax + 40], rbp
-    mov [rax + 48], rsi
-    mov [rax + 56], rdi
-    mov [rax + 64], r8
-    mov [rax + 72], r9
-    mov [rax + 80], r10
-    mov [rax + 88], r11
-    mov [rax + 96], r12
-    mov [rax + 104], r13
-    mov [rax + 112], r14
-    mov [rax + 120], r15
-    pop rcx
-    mov [rax], rcx
-    add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    xor eax, eax
-    ret
-"#,
-    host_rsp = const F::HOST_RSP.0,
-);
-
-unsafe extern "C" {
-    fn axhv_vmx_run(gprs: *mut [u64; 16], launched: u64) -> u64;
-    fn axhv_vmx_exit();
 }
 
 /// The parts of Linux's CPU state a VM exit replaces with host values.
@@ -377,18 +290,14 @@ pub(super) fn run_root(cpu: usize, gprs: *mut [u64; 16], rsp: u64, cr3: u64, rip
     loop {
         // SAFETY: the root VMCS is current and complete (guest state from
         // the live Linux state, host state from this CPU, HOST_RIP the exit
-        // stub); `launched` tracks VMLAUNCH since the VMCLEAR.
-        let r = unsafe { axhv_vmx_run(gprs, u64::from(launched)) };
-        if r != 0 {
-            let err = if r == 2 {
-                v.read(F::VM_INSTRUCTION_ERROR).unwrap_or(0)
-            } else {
-                0
-            };
+        // stub); `launched` tracks VMLAUNCH since the VMCLEAR; GPRS[cpu] is
+        // this CPU's, 16 u64 in the order of `GeneralRegisters` (repr(C)).
+        let r =
+            unsafe { vmx_hw::vmenter_shared_xcr0(&mut *gprs.cast::<GeneralRegisters>(), launched) };
+        if let Err(e) = r {
             report!(
-                "axhv: cpu{cpu}: {} failed (VMfail{}, VM-instruction error {err})\n",
-                if launched { "VMRESUME" } else { "VMLAUNCH" },
-                if r == 2 { "Valid" } else { "Invalid" }
+                "axhv: cpu{cpu}: {} failed: {e}\n",
+                if launched { "VMRESUME" } else { "VMLAUNCH" }
             );
             if launched {
                 halt();
@@ -588,7 +497,7 @@ fn fill_vmcs(
     v.write(F::HOST_IA32_SYSENTER_CS, n.sysenter[0])?;
     v.write(F::HOST_IA32_SYSENTER_ESP, n.sysenter[1])?;
     v.write(F::HOST_IA32_SYSENTER_EIP, n.sysenter[2])?;
-    v.write(F::HOST_RIP, axhv_vmx_exit as *const () as u64)?;
+    v.write(F::HOST_RIP, vmx_hw::exit_stub_address())?;
     Ok(())
 }
 

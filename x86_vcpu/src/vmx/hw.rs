@@ -129,8 +129,9 @@ unsafe extern "sysv64" {
     fn x86_vcpu_vmx_exit();
 }
 
-/// The address VM exits continue at (HOST_RIP).
-pub(crate) fn exit_stub_address() -> u64 {
+/// The address VM exits continue at (HOST_RIP) for [`vmenter`] and
+/// [`vmenter_shared_xcr0`].
+pub fn exit_stub_address() -> u64 {
     x86_vcpu_vmx_exit as *const () as usize as u64
 }
 
@@ -173,14 +174,29 @@ pub(crate) unsafe fn vmenter(
         // SAFETY: OSXSAVE is set and the value was validated (contract).
         unsafe { xsetbv0(guest_xcr0) };
     }
-    // SAFETY: the caller's contract covers the VMCS; `regs` is a live
-    // exclusive borrow for the whole call, and the routine returns on the
-    // stack it was called on (HOST_RSP is written from it).
-    let status = unsafe { x86_vcpu_vmx_enter(regs, u64::from(launched)) };
+    // SAFETY: the caller's contract covers the VMCS and `regs`.
+    let status = unsafe { vmenter_shared_xcr0(regs, launched) };
     if switch {
         // SAFETY: restores the host's own value.
         unsafe { xsetbv0(host_xcr0) };
     }
+    status
+}
+
+/// [`vmenter`] for a guest that runs with the host's own XCR0 (such as a
+/// root VM whose XSETBV the hypervisor carries out on the processor):
+/// XCR0 is left as it is.
+///
+/// # Safety
+///
+/// As for [`vmenter`]: VMX root operation at CPL 0, the VMCS current with
+/// its host state (HOST_RIP = [`exit_stub_address`]), guest state and
+/// controls set up, `launched` tracking VMLAUNCH since the last VMCLEAR.
+pub unsafe fn vmenter_shared_xcr0(regs: &mut GeneralRegisters, launched: bool) -> Result {
+    // SAFETY: the caller's contract covers the VMCS; `regs` is a live
+    // exclusive borrow for the whole call, and the routine returns on the
+    // stack it was called on (HOST_RSP is written from it).
+    let status = unsafe { x86_vcpu_vmx_enter(regs, u64::from(launched)) };
     match status {
         0 => Ok(()),
         1 => status_of(1, 0),
